@@ -1,0 +1,330 @@
+# The asyncio driver: what the seed's vTcpKeepaliveTask does (connect, retry every retry_ms, keepalive
+# options, read and write back upper-cased) plus application-level beats and peer-silence detection.
+#
+# The decisions live in link.Link and the framing in protocol.Decoder; this file only moves bytes and
+# time between them and the sockets. Per connection it runs two tasks: the receiver (read, upper-case,
+# echo) and the supervisor (beats, silence and stall checks). The receiver's hot path allocates nothing
+# on MicroPython: non-blocking reads into one buffer, echoes written from where the bytes lie, and
+# waiting on the poller only when a read finds nothing.
+import compat
+from compat import ticks_ms, ticks_diff, sleep_ms, upcase
+import protocol
+from protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE
+import sockopts
+from link import Link
+from events import Events, Stats
+
+VERSION = "0.1.0"
+
+# Disconnect reasons (the `reason=` of `disconnected` events)
+R_EOF = "eof"  # the server closed the connection
+R_RESET = "reset"  # a socket error; detail names the errno
+R_PROTOCOL = "protocol"  # the server broke the wire format
+R_SILENCE = "silence"  # nothing received for peer_miss x beat_ms
+R_STALL = "write_stall"  # the server stopped reading for peer_miss x beat_ms
+R_STOP = "stop"  # the client was stopped
+
+
+class Client:
+    def __init__(self, cfg, board, net=None, events=None):
+        self.cfg = cfg
+        self.board = board
+        self.net = net or compat.Net()
+        self.ev = events or Events(verbose=cfg.verbose)
+        self.stats = Stats()
+        self.framed = cfg.mode == "framed"
+        self.link = Link(cfg.beat_ms, cfg.peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms)
+        # Buffers allocated once for the life of the client.
+        size = cfg.rx_buf
+        if self.framed and size < HEADER_SIZE + cfg.max_payload:
+            size = HEADER_SIZE + cfg.max_payload  # so a whole frame fits and is echoed in place
+        self.rxbuf = bytearray(size)
+        self.dec = protocol.Decoder(cfg.max_payload) if self.framed else None
+        self.beat = bytearray(HEADER_SIZE)
+        protocol.encode_header(self.beat, 0, protocol.HEART, 0)
+        self.addr = None  # resolved once, then cached
+        self.sock = None
+        self.connected = compat.Event()  # set while a connection is up: lets tests and tools wait
+        self._tx_busy = False
+        self._tx_idle = compat.Event()
+        self._tx_idle.set()
+        self._reason = None
+        self._detail = None
+        self._rx_task = None
+
+    # -- the forever loop ----------------------------------------------------------------------
+    async def run(self):
+        cfg = self.cfg
+        self.ev.emit(
+            "start", "version", VERSION, "runtime", compat.RUNTIME, "board", self.board.get("name"),
+            "mode", cfg.mode, "server", "%s:%d" % (cfg.host, cfg.port), "beat_ms", cfg.beat_ms,
+            "peer_timeout", cfg.peer_timeout, "retry_ms", cfg.retry_ms,
+        )
+        stats_task = compat.create_task(self._stats_loop()) if cfg.stats_ms else None
+        link = self.link
+        try:
+            while True:
+                if not self.net.link_up():
+                    await sleep_ms(link.retry_delay(compat.rand_below))
+                    continue
+                if self.addr is None and not self._resolve():
+                    link.connect_failed()
+                    await sleep_ms(link.retry_delay(compat.rand_below))
+                    continue
+                sock = await self._connect()
+                if sock is not None:
+                    await self._session(sock)
+                await sleep_ms(link.retry_delay(compat.rand_below))
+        finally:
+            if stats_task:
+                stats_task.cancel()
+
+    def _resolve(self):
+        cfg = self.cfg
+        try:
+            self.addr = self.net.resolve(cfg.host, cfg.port)
+        except OSError as e:
+            self.stats.connect_failed("resolve")
+            self.ev.emit("resolve_failed", "host", cfg.host, "error", compat.errno_name(e))
+            return False
+        self.ev.emit("resolved", "host", cfg.host, "addr", self.net.addr_str(self.addr))
+        return True
+
+    async def _connect(self):
+        st = self.stats
+        st.attempts += 1
+        net = self.net
+        cfg = self.cfg
+        t0 = ticks_ms()
+        if self.ev.verbose:
+            self.ev.emit("connecting", "attempt", st.attempts)
+        sock = None
+        reason = None
+        try:
+            sock = net.open(self.addr)
+            net.connect_start(sock, self.addr)
+            await compat.wait_for_ms(net.connect_finish(sock, self.addr), cfg.connect_timeout_ms)
+        except compat.TimeoutError:
+            reason = "timeout"
+        except OSError as e:
+            reason = compat.errno_name(e)
+        if reason is not None:
+            if sock is not None:
+                net.close(sock)  # the seed leaks one descriptor per failed attempt; we do not
+            st.connect_failed(reason)
+            self.link.connect_failed()
+            self.ev.emit(
+                "connect_failed", "attempt", st.attempts, "reason", reason,
+                "took_ms", ticks_diff(ticks_ms(), t0),
+            )
+            return None
+        applied, lacking, failed = sockopts.apply(net, sock, self.board.get("sockopts", {}), cfg)
+        st.connects += 1
+        self.ev.emit(
+            "connected", "addr", net.addr_str(self.addr), "attempt", st.attempts,
+            "took_ms", ticks_diff(ticks_ms(), t0), "applied", ",".join(applied),
+            "lacking", ",".join(lacking), "failed", ",".join(failed),
+        )
+        return sock
+
+    # -- one connection ------------------------------------------------------------------------
+    async def _session(self, sock):
+        self.sock = sock
+        self.link.up(ticks_ms())
+        if self.dec:
+            self.dec.reset()
+        self._tx_busy = False
+        self._tx_idle.set()
+        self._reason = None
+        self._detail = None
+        self.connected.set()
+        rx = compat.create_task(self._receive(sock))
+        self._rx_task = rx
+        sup = compat.create_task(self._supervise(sock))
+        try:
+            try:
+                self._reason = await rx
+            except compat.CancelledError:
+                if self._reason is None:  # not cancelled by the supervisor: we are being stopped
+                    self._reason = R_STOP
+                    raise
+            except OSError as e:
+                self._reason = R_RESET
+                self._detail = compat.errno_name(e)
+        finally:
+            self.connected.clear()
+            sup.cancel()
+            rx.cancel()
+            self.net.close(sock)
+            self.sock = None
+            now = ticks_ms()
+            self.link.down(now)
+            self.stats.disconnected(self._reason)
+            self.ev.emit(
+                "disconnected", "reason", self._reason, "detail", self._detail,
+                "up_ms", ticks_diff(now, self.link.since),
+            )
+
+    def _abort(self, reason, detail):
+        # Called by the supervisor: end the receiver, and so the session, with this reason.
+        self._reason = reason
+        self._detail = detail
+        if self._rx_task is not None:
+            self._rx_task.cancel()
+
+    async def _supervise(self, sock):
+        link = self.link
+        framed = self.framed
+        beat = self.beat
+        ev = self.ev
+        while True:
+            now = ticks_ms()
+            if link.silent(now):
+                ev.emit("peer_silent", "silent_ms", link.silent_for(now), "limit_ms", link.limit_ms)
+                self._abort(R_SILENCE, "%dms" % link.silent_for(now))
+                return
+            if link.stalled(now):
+                self._abort(R_STALL, "%dms" % ticks_diff(now, link.tx_blocked_at))
+                return
+            if framed and link.beat_due(now):
+                # Never inside another frame: _send waits while the receiver is mid-frame.
+                k = self._send_now(sock, beat, 0, HEADER_SIZE)
+                if k < HEADER_SIZE:
+                    await self._send_rest(sock, beat, k, HEADER_SIZE - k)
+                now = ticks_ms()
+                link.beat_sent(now)
+                self.stats.beats_sent += 1
+                if ev.verbose:
+                    ev.emit("beat", "n", self.stats.beats_sent)
+            await sleep_ms(link.wait_ms(ticks_ms(), framed))
+
+    # -- writing: both tasks write, never interleaving two frames ------------------------------
+    def _send_now(self, sock, buf, off, n):
+        """Write what the socket takes right now; 0 if the other task holds the write side."""
+        if self._tx_busy:
+            return 0
+        return self.net.try_write(sock, buf, off, n)
+
+    async def _send_rest(self, sock, buf, off, n):
+        # Slow path, taken only when the send buffer is full or the other writer is mid-frame.
+        # Nothing can slip in between _send_now's partial write and this point: no await between.
+        while self._tx_busy:
+            await self._tx_idle.wait()
+        self._tx_busy = True
+        self._tx_idle.clear()
+        self.link.tx_blocked(ticks_ms())
+        net = self.net
+        try:
+            while n > 0:
+                k = net.try_write(sock, buf, off, n)
+                if k == 0:
+                    await net.wait_writable(sock)
+                else:
+                    off += k
+                    n -= k
+        finally:
+            self.link.tx_unblocked()
+            self._tx_busy = False
+            self._tx_idle.set()
+
+    # -- reading: the hot loop -----------------------------------------------------------------
+    async def _receive(self, sock):
+        """Returns a disconnect reason; raises OSError on socket errors."""
+        net = self.net
+        buf = self.rxbuf
+        link = self.link
+        st = self.stats
+        dec = self.dec
+        verbose = self.ev.verbose
+        try_read = net.try_read
+        while True:
+            n = try_read(sock, buf)
+            if n < 0:
+                await net.wait_readable(sock)
+                continue
+            if n == 0:
+                return R_EOF
+            link.received(ticks_ms())
+            if dec is None:
+                # raw: the seed's loop exactly -- upper-case every byte and write it all back.
+                upcase(buf, 0, n)
+                k = self._send_now(sock, buf, 0, n)
+                if k < n:
+                    await self._send_rest(sock, buf, k, n - k)
+                st.frames_echoed += 1
+                st.bytes_echoed += n
+                if verbose:
+                    self.ev.emit("echo", "bytes", n)
+            else:
+                # framed: runs of whole DATA frames are upper-cased where they lie and written back
+                # with one write; a split frame is assembled by the decoder; HEART is not answered.
+                pos = 0
+                run = 0  # start of the bytes in buf still to be echoed
+                while pos < n:
+                    nxt = dec.feed(buf, pos, n)
+                    ev = dec.event
+                    if ev == FRAME_IN_PLACE:
+                        if dec.type == DATA:
+                            s = dec.start + HEADER_SIZE
+                            upcase(buf, s, s + dec.length)
+                            st.frames_echoed += 1
+                            st.bytes_echoed += dec.length
+                            if verbose:
+                                self.ev.emit("echo", "bytes", dec.length)
+                        else:
+                            if dec.start > run:
+                                k = self._send_now(sock, buf, run, dec.start - run)
+                                if k < dec.start - run:
+                                    await self._send_rest(sock, buf, run + k, dec.start - run - k)
+                            run = nxt
+                            st.hearts_received += 1
+                    elif ev == FRAME_ASSEMBLED:
+                        # Completed from an earlier read, so it comes first in this one: run == pos.
+                        if dec.type == DATA:
+                            total = HEADER_SIZE + dec.length
+                            upcase(dec.frame, HEADER_SIZE, total)
+                            k = self._send_now(sock, dec.frame, 0, total)
+                            if k < total:
+                                await self._send_rest(sock, dec.frame, k, total - k)
+                            st.frames_echoed += 1
+                            st.bytes_echoed += dec.length
+                            if verbose:
+                                self.ev.emit("echo", "bytes", dec.length)
+                        else:
+                            st.hearts_received += 1
+                        run = nxt
+                    elif ev == NEED_MORE:
+                        # buf[pos:n] is the start of a split frame, now held by the decoder.
+                        if pos > run:
+                            k = self._send_now(sock, buf, run, pos - run)
+                            if k < pos - run:
+                                await self._send_rest(sock, buf, run + k, pos - run - k)
+                        run = n
+                    else:
+                        # Whole frames before the error are still echoed: they were valid.
+                        if pos > run:
+                            k = self._send_now(sock, buf, run, pos - run)
+                            if k < pos - run:
+                                await self._send_rest(sock, buf, run + k, pos - run - k)
+                        st.protocol_errors += 1
+                        self._detail = "%s=%d" % (dec.error_field, dec.error_value)
+                        self.ev.emit(
+                            "protocol_error", "field", dec.error_field, "value", dec.error_value,
+                            "reason", dec.error_reason,
+                        )
+                        return R_PROTOCOL
+                    pos = nxt
+                if run < n:
+                    k = self._send_now(sock, buf, run, n - run)
+                    if k < n - run:
+                        await self._send_rest(sock, buf, run + k, n - run - k)
+            # Let the supervisor and other tasks run between reads even when data never stops.
+            await sleep_ms(0)
+
+    async def _stats_loop(self):
+        while True:
+            await sleep_ms(self.cfg.stats_ms)
+            self.emit_stats()
+
+    def emit_stats(self):
+        self.ev.emit("stats", *self.stats.fields())

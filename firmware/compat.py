@@ -1,0 +1,250 @@
+# The one seam between runtimes: a board's MicroPython, the MicroPython unix port and CPython.
+#
+# Nothing else in firmware/ looks at sys.implementation. Everything that differs -- clock, sleeping,
+# non-blocking socket calls, waiting for readiness, the fast byte loops, printing -- is decided here
+# once, at import time, so the hot paths elsewhere pay nothing for it.
+import sys
+import errno
+
+MICROPYTHON = sys.implementation.name == "micropython"
+# "esp32", "rp2", "linux"...: which MicroPython port, for the start event; "cpython" on the host.
+RUNTIME = ("micropython-" + sys.platform) if MICROPYTHON else "cpython"
+
+import asyncio  # noqa: E402  (after the runtime test, on purpose)
+import socket  # noqa: E402
+
+CancelledError = asyncio.CancelledError
+TimeoutError = asyncio.TimeoutError  # its own class on MicroPython; the builtin on CPython 3.11+
+Event = asyncio.Event
+create_task = asyncio.create_task
+run = asyncio.run
+
+try:
+    from fastbuf import upcase, copy_bytes  # viper: MicroPython with the native emitter only
+except (ImportError, SyntaxError):
+
+    def upcase(buf, start, end):
+        # Plain Python: bytes.upper() maps a-z only, exactly C toupper() in the C locale.
+        if MICROPYTHON:
+            i = start
+            while i < end:
+                c = buf[i]
+                if 97 <= c <= 122:
+                    buf[i] = c - 32
+                i += 1
+        else:
+            mv = memoryview(buf)
+            mv[start:end] = bytes(mv[start:end]).upper()
+
+    def copy_bytes(dst, doff, src, soff, n):
+        memoryview(dst)[doff : doff + n] = memoryview(src)[soff : soff + n]
+
+
+if MICROPYTHON:
+    import time
+    import gc
+
+    ticks_ms = time.ticks_ms
+    ticks_diff = time.ticks_diff
+    ticks_add = time.ticks_add
+    sleep_ms = asyncio.sleep_ms  # returns a reusable singleton: sleeping allocates nothing
+    wait_for_ms = asyncio.wait_for_ms
+
+    def write_line(s):
+        print(s)
+
+    def mem_alloc():
+        return gc.mem_alloc()
+
+    def collect():
+        gc.collect()
+
+    _ioq = asyncio.core._io_queue
+
+    # Plain generators: on MicroPython a coroutine is a generator, and yielding after queueing the
+    # socket on asyncio's poller parks the task until the socket is ready (what Stream.read does).
+    def wait_readable(sock):
+        yield _ioq.queue_read(sock)
+
+    def wait_writable(sock):
+        yield _ioq.queue_write(sock)
+
+    def try_read(sock, buf):
+        # > 0 bytes read, 0 at EOF, -1 when nothing is there yet. A reset raises OSError.
+        n = sock.readinto(buf)
+        return -1 if n is None else n
+
+    def try_write(sock, buf, off, n):
+        # Bytes written (0 when the send buffer is full). The 4-argument write takes an offset, so
+        # no memoryview slice is allocated per frame.
+        k = sock.write(buf, off, n)
+        return 0 if k is None else k
+
+    # MicroPython's errno module lacks EISCONN; its own error numbers follow Linux (py/mperrno.h).
+    _EISCONN = getattr(errno, "EISCONN", 106)
+
+    def _connect_done(sock, addr):
+        # MicroPython has no getsockopt(SO_ERROR); a second connect() reports the outcome instead:
+        # success (or EISCONN) once connected, the pending error (e.g. ECONNREFUSED) otherwise.
+        try:
+            sock.connect(addr[3])
+        except OSError as e:
+            if e.errno != _EISCONN:
+                raise
+
+    try:
+        import random
+
+        def rand_below(n):
+            return random.getrandbits(30) % n if n > 0 else 0
+
+    except ImportError:  # a port built without random: jitter degrades to none
+
+        def rand_below(n):
+            return n - 1 if n > 0 else 0
+
+else:
+    import time
+    import random
+
+    def ticks_ms():
+        # Read from the running loop's clock so that a test loop with virtual time drives the
+        # firmware's time too; loop.time() is time.monotonic() by default.
+        try:
+            return int(asyncio.get_running_loop().time() * 1000)
+        except RuntimeError:
+            return int(time.monotonic() * 1000)
+
+    def ticks_diff(a, b):
+        return a - b
+
+    def ticks_add(a, b):
+        return a + b
+
+    async def sleep_ms(ms):
+        await asyncio.sleep(ms / 1000)
+
+    async def wait_for_ms(aw, ms):
+        return await asyncio.wait_for(aw, ms / 1000)
+
+    def write_line(s):
+        sys.stdout.write(s + "\n")
+        sys.stdout.flush()
+
+    def mem_alloc():
+        return 0  # CPython's heap is not the board's; figures come from MicroPython only
+
+    def collect():
+        pass
+
+    def _wake(fut):
+        if not fut.done():
+            fut.set_result(None)
+
+    async def wait_readable(sock):
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        fd = sock.fileno()
+        loop.add_reader(fd, _wake, fut)
+        try:
+            await fut
+        finally:
+            loop.remove_reader(fd)
+
+    async def wait_writable(sock):
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        fd = sock.fileno()
+        loop.add_writer(fd, _wake, fut)
+        try:
+            await fut
+        finally:
+            loop.remove_writer(fd)
+
+    def try_read(sock, buf):
+        try:
+            return sock.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return -1
+
+    def try_write(sock, buf, off, n):
+        try:
+            return sock.send(memoryview(buf)[off : off + n])
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def _connect_done(sock, addr):
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise OSError(err, errno.errorcode.get(err, str(err)))
+
+    def rand_below(n):
+        return random.randrange(n) if n > 0 else 0
+
+
+def load_json(path):
+    import json
+
+    with open(path) as f:
+        return json.load(f)
+
+
+def errno_name(e):
+    # "ECONNREFUSED" rather than 111: the numbers differ between lwIP and Linux.
+    n = e.args[0] if e.args else 0
+    if isinstance(n, int):
+        return errno.errorcode.get(n, "E%d" % n)
+    return str(n)
+
+
+class Net:
+    """Real sockets. Tests pass a scripted stand-in with the same methods (host_tests/shim)."""
+
+    def resolve(self, host, port):
+        # Blocking on every port (PORT_FACTS): the client calls this once and caches the result.
+        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+        return (ai[0], ai[1], ai[2], ai[-1])
+
+    def open(self, addr):
+        s = socket.socket(addr[0], addr[1], addr[2])
+        s.setblocking(False)
+        return s
+
+    def link_up(self):
+        # Replaced on boards by the Wi-Fi module's check: resolving or connecting while the station
+        # has no IP only blocks (PORT_FACTS: DNS busy-polls on rp2).
+        return True
+
+    def addr_str(self, addr):
+        sa = addr[3]
+        if isinstance(sa, tuple):
+            return "%s:%d" % (sa[0], sa[1])
+        if len(sa) >= 8 and sa[0] == 2:
+            # MicroPython unix: a raw struct sockaddr_in (family, port big-endian, IPv4 address).
+            return "%d.%d.%d.%d:%d" % (sa[4], sa[5], sa[6], sa[7], (sa[2] << 8) | sa[3])
+        return str(sa)
+
+    def setsockopt(self, sock, level, opt, value):
+        sock.setsockopt(level, opt, value)
+
+    def connect_start(self, sock, addr):
+        try:
+            sock.connect(addr[3])
+        except OSError as e:
+            if e.args[0] not in (errno.EINPROGRESS, errno.EAGAIN):
+                raise
+
+    async def connect_finish(self, sock, addr):
+        await wait_writable(sock)
+        _connect_done(sock, addr)
+
+    def close(self, sock):
+        try:
+            sock.close()
+        except OSError:
+            pass
+
+    try_read = staticmethod(try_read)
+    try_write = staticmethod(try_write)
+    wait_readable = staticmethod(wait_readable)
+    wait_writable = staticmethod(wait_writable)

@@ -1,0 +1,126 @@
+# Configuration: JSON with documented keys (docs/CONFIG.md). Anything unknown, mistyped or out of range
+# stops start-up with an error naming the key and what it expected: a device that silently ran with a
+# misspelt "beat_ms" would be worse than one that refuses to start.
+
+# name: (kind, default, low, high) for numbers; (kind, default, choices) for choice strings.
+INT = "integer"
+BOOL = "boolean"
+STR = "string"
+CHOICE = "one of"
+
+SPEC = {
+    "host": (STR, "127.0.0.1"),
+    "port": (INT, 39002, 1, 65535),
+    "mode": (CHOICE, "framed", ("framed", "raw")),
+    "beat_ms": (INT, 3000, 10, 3600000),
+    "peer_timeout": (CHOICE, "auto", ("auto", "strict", "off")),
+    "peer_miss": (INT, 3, 1, 1000),
+    "retry_ms": (INT, 100, 1, 3600000),
+    "backoff_max_ms": (INT, 0, 0, 3600000),
+    "connect_timeout_ms": (INT, 3000, 10, 600000),
+    "max_payload": (INT, 1024, 1, 1048576),
+    "rx_buf": (INT, 2048, 64, 1048576),
+    "nodelay": (BOOL, True),
+    "verbose": (BOOL, False),
+    "stats_ms": (INT, 10000, 0, 86400000),
+    "wdt_ms": (INT, 0, 0, 3600000),
+}
+
+# TCP keepalive, seconds and a probe count; seed defaults 3 s / 3 s / 3. `"keepalive": false` turns
+# SO_KEEPALIVE off altogether.
+KEEPALIVE_SPEC = {
+    "idle": (INT, 3, 1, 32767),
+    "intvl": (INT, 3, 1, 32767),
+    "cnt": (INT, 3, 1, 127),
+}
+
+# Only used on boards. Values are never printed, not even in errors.
+WIFI_KEYS = ("ssid", "password")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _check(name, spec, value):
+    kind = spec[0]
+    if kind == INT:
+        # bool is an int subclass on both runtimes; `true` for a number is a mistake, not 1.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError("%s: expected an integer from %d to %d, got %r" % (name, spec[2], spec[3], value))
+        if value < spec[2] or value > spec[3]:
+            raise ConfigError("%s: expected an integer from %d to %d, got %d" % (name, spec[2], spec[3], value))
+    elif kind == BOOL:
+        if not isinstance(value, bool):
+            raise ConfigError("%s: expected true or false, got %r" % (name, value))
+    elif kind == STR:
+        if not isinstance(value, str) or not value:
+            raise ConfigError("%s: expected a non-empty string, got %r" % (name, value))
+    else:
+        if value not in spec[2]:
+            raise ConfigError("%s: expected one of %s, got %r" % (name, ", ".join(spec[2]), value))
+    return value
+
+
+class Config:
+    """Validated settings as attributes (cfg.beat_ms); keepalive flattened to ka_idle/ka_intvl/ka_cnt."""
+
+    def __init__(self, user=None):
+        user = user or {}
+        if not isinstance(user, dict):
+            raise ConfigError("config: expected a JSON object at the top level")
+        for name in user:
+            if name not in SPEC and name not in ("keepalive", "wifi"):
+                raise ConfigError("%s: unknown key (known: %s)" % (name, ", ".join(sorted(list(SPEC) + ["keepalive", "wifi"]))))
+        for name in SPEC:
+            spec = SPEC[name]
+            setattr(self, name, _check(name, spec, user[name]) if name in user else spec[1])
+        self._keepalive(user.get("keepalive", {}))
+        self._wifi(user.get("wifi"))
+
+    def _keepalive(self, ka):
+        self.keepalive = ka is not False
+        if ka is False or ka is None:
+            ka = {}
+        elif not isinstance(ka, dict):
+            raise ConfigError("keepalive: expected an object {idle, intvl, cnt} or false, got %r" % (ka,))
+        for name in ka:
+            if name not in KEEPALIVE_SPEC:
+                raise ConfigError("keepalive.%s: unknown key (known: cnt, idle, intvl)" % name)
+        for name in KEEPALIVE_SPEC:
+            spec = KEEPALIVE_SPEC[name]
+            setattr(self, "ka_" + name, _check("keepalive." + name, spec, ka[name]) if name in ka else spec[1])
+
+    def _wifi(self, wifi):
+        self.wifi_ssid = None
+        self.wifi_password = None
+        if wifi is None:
+            return
+        if not isinstance(wifi, dict):
+            raise ConfigError("wifi: expected an object {ssid, password}")
+        for name in wifi:
+            if name not in WIFI_KEYS:
+                raise ConfigError("wifi.%s: unknown key (known: password, ssid)" % name)
+            if not isinstance(wifi[name], str):
+                # The value is not echoed: it may be the password.
+                raise ConfigError("wifi.%s: expected a string" % name)
+        self.wifi_ssid = wifi.get("ssid")
+        self.wifi_password = wifi.get("password")
+
+    def silence_limit_ms(self):
+        return self.peer_miss * self.beat_ms
+
+
+def load(path):
+    import json
+
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError("%s: cannot read config file (%s)" % (path, e))
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConfigError("%s: not valid JSON (%s)" % (path, e))
+    return Config(data)

@@ -1,0 +1,62 @@
+# Event lines and counters. Format (docs/EVENTS.md): "<ms> <event> key=value ...", one line per event.
+# Per-frame things (beats, echoes) are counted here and printed only in verbose mode.
+from compat import ticks_ms, write_line
+
+
+class Events:
+    def __init__(self, write=write_line, clock=ticks_ms, verbose=False):
+        self.write = write
+        self.clock = clock
+        self.verbose = verbose
+
+    def emit(self, name, *kv):
+        # Keys and values as alternating positional arguments: MicroPython's dicts do not keep order,
+        # and a stable field order makes lines easy to read and diff.
+        parts = [str(self.clock()), name]
+        for i in range(0, len(kv) - 1, 2):
+            v = kv[i + 1]
+            if v is None or v == "":
+                v = "-"
+            parts.append("%s=%s" % (kv[i], str(v).replace(" ", "_")))
+        self.write(" ".join(parts))
+
+
+class Stats:
+    def __init__(self):
+        self.attempts = 0
+        self.connects = 0
+        self.disconnects = {}  # reason -> count
+        self.connect_failures = {}  # reason -> count
+        self.beats_sent = 0
+        self.hearts_received = 0
+        self.frames_echoed = 0
+        self.bytes_echoed = 0
+        self.protocol_errors = 0
+
+    @staticmethod
+    def _bump(table, key):
+        table[key] = table.get(key, 0) + 1
+
+    def disconnected(self, reason):
+        self._bump(self.disconnects, reason)
+
+    def connect_failed(self, reason):
+        self._bump(self.connect_failures, reason)
+
+    @staticmethod
+    def _table(table):
+        return ",".join("%s:%d" % (k, table[k]) for k in sorted(table)) or "-"
+
+    def fields(self):
+        return (
+            "attempts", self.attempts,
+            "connects", self.connects,
+            "disconnects", sum(self.disconnects.values()),
+            "by_reason", self._table(self.disconnects),
+            "connect_failures", self._table(self.connect_failures),
+            "beats_sent", self.beats_sent,
+            "hearts_rx", self.hearts_received,
+            "frames_echoed", self.frames_echoed,
+            "bytes_echoed", self.bytes_echoed,
+            "protocol_errors", self.protocol_errors,
+        )

@@ -1,0 +1,106 @@
+# The link's decisions, sans-IO: when to beat, when the peer counts as silent, when a blocked write
+# counts as stalled, how long to wait before the next connect attempt. Times are tick values passed in
+# by the caller; nothing here reads a clock or touches a socket, so every rule is testable in
+# microseconds and replayable on a virtual clock.
+from compat import ticks_add, ticks_diff
+
+# peer_timeout modes
+AUTO = "auto"  # judge silence only once the server has sent something on this connection
+STRICT = "strict"  # always
+OFF = "off"  # never (leave it to TCP keepalive)
+
+NEVER = -1
+
+
+class Link:
+    def __init__(self, beat_ms, peer_timeout=AUTO, peer_miss=3, retry_ms=100, backoff_max_ms=0):
+        self.beat_ms = beat_ms
+        self.mode = peer_timeout
+        self.limit_ms = peer_miss * beat_ms
+        self.retry_ms = retry_ms
+        self.backoff_max_ms = backoff_max_ms
+        self.failures = 0  # consecutive failed or short-lived connections, for backoff
+        self.up(0)
+
+    # -- one connection ------------------------------------------------------------------------
+    def up(self, now):
+        self.since = now
+        self.last_rx = now
+        self.heard = False
+        self.next_beat = ticks_add(now, self.beat_ms)
+        self.tx_blocked_at = NEVER
+
+    def received(self, now):
+        # Keepalive runs on the last thing *received*: a peer that only reads is not alive for us.
+        self.last_rx = now
+        self.heard = True
+
+    def beat_due(self, now):
+        return ticks_diff(now, self.next_beat) >= 0
+
+    def beat_sent(self, now):
+        nxt = ticks_add(self.next_beat, self.beat_ms)
+        # After a long stall, beat on from now rather than sending a burst to catch up.
+        if ticks_diff(now, nxt) >= 0:
+            nxt = ticks_add(now, self.beat_ms)
+        self.next_beat = nxt
+
+    def watching(self):
+        return self.mode == STRICT or (self.mode == AUTO and self.heard)
+
+    def silent_for(self, now):
+        return ticks_diff(now, self.last_rx)
+
+    def silent(self, now):
+        return self.watching() and ticks_diff(now, self.last_rx) >= self.limit_ms
+
+    def tx_blocked(self, now):
+        self.tx_blocked_at = now
+
+    def tx_unblocked(self):
+        self.tx_blocked_at = NEVER
+
+    def stalled(self, now):
+        # A peer that stops reading leaves our writes blocked forever; on boards without TCP
+        # keepalive this is the only way to notice. Judged like silence, but regardless of `heard`.
+        if self.mode == OFF or self.tx_blocked_at == NEVER:
+            return False
+        return ticks_diff(now, self.tx_blocked_at) >= self.limit_ms
+
+    def wait_ms(self, now, beating=True):
+        """How long the supervisor may sleep before something needs deciding."""
+        wait = self.limit_ms
+        if beating:
+            wait = ticks_diff(self.next_beat, now)
+        if self.watching():
+            w = self.limit_ms - ticks_diff(now, self.last_rx)
+            if w < wait:
+                wait = w
+        if self.tx_blocked_at != NEVER and self.mode != OFF:
+            w = self.limit_ms - ticks_diff(now, self.tx_blocked_at)
+            if w < wait:
+                wait = w
+        return wait if wait > 0 else 0
+
+    # -- between connections -------------------------------------------------------------------
+    def down(self, now):
+        # A connection that lasted at least one beat period counts as a success and resets backoff;
+        # one that dies at once (server accepting then dropping) keeps backing off.
+        if ticks_diff(now, self.since) >= self.beat_ms:
+            self.failures = 0
+        else:
+            self.failures += 1
+
+    def connect_failed(self):
+        self.failures += 1
+
+    def retry_delay(self, rand_below):
+        """ms to wait before the next attempt. rand_below(n) returns an int in [0, n)."""
+        if self.backoff_max_ms <= 0:
+            return self.retry_ms  # the seed's fixed 100 ms
+        # Capped exponential backoff with full jitter: spreads a fleet that lost its server at once.
+        n = self.failures if self.failures < 24 else 24
+        cap = self.retry_ms << n
+        if cap > self.backoff_max_ms:
+            cap = self.backoff_max_ms
+        return rand_below(cap + 1)
