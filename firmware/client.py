@@ -51,6 +51,7 @@ class Client:
         self._reason = None
         self._detail = None
         self._rx_task = None
+        self._beat_task = None  # finishes a beat the socket took only part of
 
     # -- the forever loop ----------------------------------------------------------------------
     async def run(self):
@@ -155,6 +156,9 @@ class Client:
             self.connected.clear()
             sup.cancel()
             rx.cancel()
+            if self._beat_task is not None:
+                self._beat_task.cancel()
+                self._beat_task = None
             self.net.close(sock)
             self.sock = None
             now = ticks_ms()
@@ -187,15 +191,22 @@ class Client:
                 self._abort(R_STALL, "%dms" % ticks_diff(now, link.tx_blocked_at))
                 return
             if framed and link.beat_due(now):
-                # Never inside another frame: _send waits while the receiver is mid-frame.
-                k = self._send_now(sock, beat, 0, HEADER_SIZE)
-                if k < HEADER_SIZE:
-                    await self._send_rest(sock, beat, k, HEADER_SIZE - k)
-                now = ticks_ms()
+                # The supervisor itself never waits on a blocked write, or it would stop supervising
+                # exactly when the link is stuck.
+                if self._tx_busy:
+                    # Mid-frame or backed up: a beat now would land inside a frame or only queue.
+                    self.stats.beats_skipped += 1
+                else:
+                    k = self.net.try_write(sock, beat, 0, HEADER_SIZE)
+                    if k < HEADER_SIZE:
+                        self._hold_tx()  # before anything else can write: the beat must finish first
+                        self._beat_task = compat.create_task(
+                            self._send_rest(sock, beat, k, HEADER_SIZE - k, True)
+                        )
+                    self.stats.beats_sent += 1
+                    if ev.verbose:
+                        ev.emit("beat", "n", self.stats.beats_sent)
                 link.beat_sent(now)
-                self.stats.beats_sent += 1
-                if ev.verbose:
-                    ev.emit("beat", "n", self.stats.beats_sent)
             await sleep_ms(link.wait_ms(ticks_ms(), framed))
 
     # -- writing: both tasks write, never interleaving two frames ------------------------------
@@ -205,14 +216,18 @@ class Client:
             return 0
         return self.net.try_write(sock, buf, off, n)
 
-    async def _send_rest(self, sock, buf, off, n):
-        # Slow path, taken only when the send buffer is full or the other writer is mid-frame.
-        # Nothing can slip in between _send_now's partial write and this point: no await between.
-        while self._tx_busy:
-            await self._tx_idle.wait()
+    def _hold_tx(self):
         self._tx_busy = True
         self._tx_idle.clear()
         self.link.tx_blocked(ticks_ms())
+
+    async def _send_rest(self, sock, buf, off, n, held=False):
+        # Slow path, taken only when the send buffer is full or the other writer is mid-frame.
+        # Nothing can slip in between _send_now's partial write and this point: no await between.
+        if not held:
+            while self._tx_busy:
+                await self._tx_idle.wait()
+            self._hold_tx()
         net = self.net
         try:
             while n > 0:

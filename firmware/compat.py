@@ -111,9 +111,12 @@ else:
         # Read from the running loop's clock so that a test loop with virtual time drives the
         # firmware's time too; loop.time() is time.monotonic() by default.
         try:
-            return int(asyncio.get_running_loop().time() * 1000)
+            t = asyncio.get_running_loop().time()
         except RuntimeError:
-            return int(time.monotonic() * 1000)
+            t = time.monotonic()
+        # Rounded, not truncated: a timer firing exactly at its deadline must read as that
+        # millisecond, not the one before (float seconds rarely hold a whole millisecond exactly).
+        return int(t * 1000 + 0.5)
 
     def ticks_diff(a, b):
         return a - b
@@ -124,8 +127,18 @@ else:
     async def sleep_ms(ms):
         await asyncio.sleep(ms / 1000)
 
-    async def wait_for_ms(aw, ms):
-        return await asyncio.wait_for(aw, ms / 1000)
+    if hasattr(asyncio, "timeout"):
+
+        async def wait_for_ms(aw, ms):
+            # Not asyncio.wait_for: on 3.11 it swallows a cancellation that arrives just as the
+            # awaited thing finishes, and a client that cannot be stopped is a hung test or tool.
+            async with asyncio.timeout(ms / 1000):
+                return await aw
+
+    else:
+
+        async def wait_for_ms(aw, ms):
+            return await asyncio.wait_for(aw, ms / 1000)
 
     def write_line(s):
         sys.stdout.write(s + "\n")

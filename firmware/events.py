@@ -28,6 +28,7 @@ class Stats:
         self.disconnects = {}  # reason -> count
         self.connect_failures = {}  # reason -> count
         self.beats_sent = 0
+        self.beats_skipped = 0  # due while the write side was held: a beat would only have queued
         self.hearts_received = 0
         self.frames_echoed = 0
         self.bytes_echoed = 0
@@ -55,6 +56,7 @@ class Stats:
             "by_reason", self._table(self.disconnects),
             "connect_failures", self._table(self.connect_failures),
             "beats_sent", self.beats_sent,
+            "beats_skipped", self.beats_skipped,
             "hearts_rx", self.hearts_received,
             "frames_echoed", self.frames_echoed,
             "bytes_echoed", self.bytes_echoed,

@@ -1,0 +1,95 @@
+"""The link's decisions, with plain integers for time: no clock, no sockets."""
+import pytest
+
+from link import Link
+
+
+def test_beats_every_beat_ms_and_never_bursts_after_a_stall():
+    lk = Link(1000)
+    lk.up(0)
+    assert not lk.beat_due(999) and lk.beat_due(1000)
+    lk.beat_sent(1000)
+    assert lk.next_beat == 2000
+    lk.beat_sent(7500)  # the loop was stuck for 5 s: next beat from now, not five at once
+    assert lk.next_beat == 8500
+
+
+@pytest.mark.parametrize("mode", ["auto", "strict", "off"])
+def test_silence_rules(mode):
+    lk = Link(100, peer_timeout=mode, peer_miss=3)
+    lk.up(0)
+    # Never heard anything on this connection.
+    assert lk.silent(10_000) is (mode == "strict")
+    lk.received(10_000)
+    assert not lk.silent(10_299)
+    assert lk.silent(10_300) is (mode != "off")
+
+
+def test_silence_counts_from_the_last_byte_received():
+    lk = Link(100, peer_timeout="auto", peer_miss=3)
+    lk.up(0)
+    for t in range(0, 5000, 250):  # the peer talks every 250 ms: < 300 ms limit
+        lk.received(t)
+        assert not lk.silent(t + 299)
+
+
+def test_stall_is_judged_from_when_writes_blocked():
+    lk = Link(100, peer_miss=3)
+    lk.up(0)
+    assert not lk.stalled(10_000)
+    lk.tx_blocked(500)
+    assert not lk.stalled(799) and lk.stalled(800)
+    lk.tx_unblocked()
+    assert not lk.stalled(5000)
+    off = Link(100, peer_timeout="off")
+    off.tx_blocked(0)
+    assert not off.stalled(10**6)
+
+
+def test_wait_ms_is_the_time_to_the_next_decision():
+    lk = Link(1000, peer_timeout="strict", peer_miss=3)
+    lk.up(0)
+    assert lk.wait_ms(0) == 1000  # next beat
+    lk.beat_sent(1000)
+    lk.beat_sent(2000)
+    assert lk.wait_ms(2500) == 500  # silence deadline at 3000 comes before the beat at 3000? equal
+    assert lk.wait_ms(2500, beating=False) == 500
+    lk.received(2500)
+    assert lk.wait_ms(2600) == 400  # beat at 3000
+    lk.tx_blocked(2600)
+    assert lk.wait_ms(2600) == 400
+    assert lk.wait_ms(9000) == 0
+
+
+def test_fixed_retry_is_the_seeds_100ms():
+    lk = Link(3000)
+    assert [lk.retry_delay(lambda n: 0) for _ in range(5)] == [100] * 5
+
+
+def test_backoff_caps_double_and_jitter_stays_within_them():
+    lk = Link(3000, retry_ms=100, backoff_max_ms=1500)
+    caps = []
+    for _ in range(7):
+        lk.connect_failed()
+        caps.append(lk.retry_delay(lambda n: n - 1))
+    assert caps == [200, 400, 800, 1500, 1500, 1500, 1500]
+    seen = set()
+    for _ in range(200):
+        import random
+
+        d = lk.retry_delay(lambda n: random.randrange(n))
+        assert 0 <= d <= 1500
+        seen.add(d)
+    assert len(seen) > 50  # full jitter: spread over the whole range
+
+
+def test_backoff_resets_only_after_a_connection_that_lasted():
+    lk = Link(1000, retry_ms=100, backoff_max_ms=10_000)
+    lk.connect_failed()
+    lk.connect_failed()
+    lk.up(0)
+    lk.down(50)  # accepted then dropped at once: still failing
+    assert lk.failures == 3
+    lk.up(100)
+    lk.down(1100)
+    assert lk.failures == 0

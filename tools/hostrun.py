@@ -1,0 +1,135 @@
+"""Run the firmware's main entry on this machine, on the MicroPython unix port or on CPython.
+
+    python3 -m tools.hostrun --runtime micropython --config examples/local.json --set beat_ms=1000
+
+The config is validated here first (with the firmware's own validator), so a bad key or value is reported
+before anything starts; --set KEY=VALUE overrides one key (VALUE is read as JSON, else as a string;
+`keepalive.idle=1` reaches into the keepalive object). The firmware's event lines go to stdout unchanged.
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+from tools._firmware import BOARDS_DIR, FIRMWARE_DIR
+import config as fw_config  # the firmware's validator, importable thanks to tools._firmware
+
+RUNTIMES = ("micropython", "cpython")
+
+
+def parse_set(item):
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ValueError("--set expects KEY=VALUE, got %r" % item)
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw  # bare words are strings: --set host=example.local
+    return key, value
+
+
+def merge(cfg, sets):
+    cfg = json.loads(json.dumps(cfg))  # deep copy
+    for item in sets:
+        key, value = parse_set(item)
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            sub = cfg.get(outer)
+            if not isinstance(sub, dict):
+                sub = {}
+            sub[inner] = value
+            cfg[outer] = sub
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def runtime_argv(runtime):
+    if runtime == "cpython":
+        return [sys.executable, "-u"]
+    if runtime == "micropython":
+        from tools.mpbin import micropython_argv
+
+        return micropython_argv()
+    raise ValueError("unknown runtime %r (expected one of: %s)" % (runtime, ", ".join(RUNTIMES)))
+
+
+def board_path(board):
+    path = os.path.join(BOARDS_DIR, board, "board.json")
+    if not os.path.exists(path):
+        known = sorted(d for d in os.listdir(BOARDS_DIR) if os.path.isdir(os.path.join(BOARDS_DIR, d)))
+        raise ValueError("unknown board %r (known: %s)" % (board, ", ".join(known)))
+    return path
+
+
+def prepare(cfg, workdir):
+    """Validate cfg with the firmware's rules and write it where the firmware will read it."""
+    fw_config.Config(cfg)  # raises ConfigError naming the key
+    path = os.path.join(workdir, "config.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    return path
+
+
+def command(runtime, config_path, board="unix"):
+    return runtime_argv(runtime) + [os.path.join(FIRMWARE_DIR, "main.py"), config_path, board_path(board)]
+
+
+def start(runtime, cfg, board="unix", workdir=None, **popen):
+    """Start the firmware as a child process (for tests and tools); returns (Popen, workdir)."""
+    workdir = workdir or tempfile.mkdtemp(prefix="hostrun-")
+    argv = command(runtime, prepare(cfg, workdir), board)
+    popen.setdefault("stdout", subprocess.PIPE)
+    popen.setdefault("text", True)
+    popen.setdefault("bufsize", 1)
+    return subprocess.Popen(argv, cwd=FIRMWARE_DIR, **popen), workdir
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(
+        prog="python3 -m tools.hostrun",
+        description="Run the heartbeat firmware on this machine (MicroPython unix port or CPython).",
+        epilog="Event lines are described in docs/EVENTS.md, config keys in docs/CONFIG.md.",
+    )
+    ap.add_argument("--runtime", choices=RUNTIMES, default="micropython", help="interpreter (default: micropython)")
+    ap.add_argument("--config", help="JSON config file (default: all defaults)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key; repeatable")
+    ap.add_argument("--board", default="unix", help="board table from boards/ (default: unix)")
+    args = ap.parse_args(argv)
+
+    cfg = {}
+    if args.config:
+        try:
+            with open(args.config) as f:
+                cfg = json.load(f)
+        except OSError as e:
+            ap.error("--config %s: %s" % (args.config, e.strerror))
+        except ValueError as e:
+            ap.error("--config %s: not valid JSON (%s)" % (args.config, e))
+    try:
+        cfg = merge(cfg, args.set)
+        workdir = tempfile.mkdtemp(prefix="hostrun-")
+        argv_ = command(args.runtime, prepare(cfg, workdir), args.board)
+    except (ValueError, fw_config.ConfigError) as e:
+        print("hostrun: error: %s" % e, file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # mpbin could not provide the binary
+        print("hostrun: error: %s" % e, file=sys.stderr)
+        return 3
+    child = subprocess.Popen(argv_, cwd=FIRMWARE_DIR)
+
+    def forward(signum, frame):
+        # SIGINT becomes KeyboardInterrupt in the firmware, which prints its final stats.
+        child.send_signal(signal.SIGINT if signum == signal.SIGINT else signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    rc = child.wait()
+    return 0 if rc in (0, -signal.SIGINT, -signal.SIGTERM) else rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
