@@ -252,6 +252,7 @@ class Client:
         dec = self.dec
         verbose = self.ev.verbose
         try_read = net.try_read
+        last_yield = ticks_ms()
         while True:
             n = try_read(sock, buf)
             if n < 0:
@@ -259,7 +260,8 @@ class Client:
                 continue
             if n == 0:
                 return R_EOF
-            link.received(ticks_ms())
+            now = ticks_ms()
+            link.received(now)
             if dec is None:
                 # raw: the seed's loop exactly -- upper-case every byte and write it all back.
                 upcase(buf, 0, n)
@@ -333,8 +335,11 @@ class Client:
                     k = self._send_now(sock, buf, run, n - run)
                     if k < n - run:
                         await self._send_rest(sock, buf, run + k, n - run - k)
-            # Let the supervisor and other tasks run between reads even when data never stops.
-            await sleep_ms(0)
+            # While data never stops, reads never wait, so yield to the supervisor and other tasks --
+            # once per millisecond tick rather than per read: each pass of the scheduler polls.
+            if now != last_yield:
+                last_yield = now
+                await sleep_ms(0)
 
     async def _stats_loop(self):
         while True:
