@@ -19,17 +19,39 @@ def main(config_path="config.json", board_path="board.json"):
     from client import Client  # imported after the config is known good: less heap on a failed start
 
     net = compat.Net()
-    if board.get("wifi"):
-        import wifi
-
-        wifi.attach(net, cfg, board)
     client = Client(cfg, board, net)
     try:
-        compat.run(client.run())
+        compat.run(_board_services(client, cfg, board))
     except KeyboardInterrupt:
         client.ev.emit("stopped", "reason", "interrupt")
         client.emit_stats()
     return 0
+
+
+async def _board_services(client, cfg, board):
+    # Wi-Fi and the watchdog exist only on boards; the unix board table turns both off.
+    if board.get("wifi") and cfg.wifi_ssid:
+        import wifi
+
+        station = wifi.Station(cfg, board, client.ev)
+        client.net.link_up = station.up  # no DNS or connect while the station has no IP
+        compat.create_task(station.keep())
+    if cfg.wdt_ms:
+        compat.create_task(_feed_watchdog(cfg, board, client.ev))
+    await client.run()
+
+
+async def _feed_watchdog(cfg, board, ev):
+    import machine
+
+    limit = board.get("wdt_max_ms")
+    ms = cfg.wdt_ms if not limit or cfg.wdt_ms <= limit else limit  # rp2040 raises above 8388 ms
+    wdt = machine.WDT(timeout=ms)
+    ev.emit("watchdog", "timeout_ms", ms)
+    # Fed from the event loop: if anything blocks the loop for longer than the timeout, the board resets.
+    while True:
+        wdt.feed()
+        await compat.sleep_ms(ms // 3)
 
 
 if __name__ == "__main__":

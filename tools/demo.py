@@ -1,0 +1,106 @@
+"""`make run`: a heartbeat server and the firmware on this machine, talking over loopback.
+
+    python3 -m tools.demo [--runtime micropython|cpython] [--seconds N] [--beat-ms MS] [--probe-ms MS]
+
+Starts tools.hbserver on 127.0.0.1 (an ephemeral port unless --port), then the firmware on the MicroPython
+unix port (or CPython) pointed at it, with beats and echoes printed one by one. Every line is prefixed with
+who said it. Runs until Ctrl-C, or for --seconds.
+"""
+import argparse
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from tools import hostrun
+
+
+def pump(name, stream, q):
+    for line in stream:
+        q.put((name, line.rstrip("\n")))
+    q.put((name, None))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python3 -m tools.demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runtime", choices=hostrun.RUNTIMES, default="micropython")
+    ap.add_argument("--seconds", type=float, default=0, help="stop after this long (default: until Ctrl-C)")
+    ap.add_argument("--port", type=int, default=0, help="server port (default: any free one)")
+    ap.add_argument("--beat-ms", type=int, default=1000, help="firmware beat interval (default 1000)")
+    ap.add_argument("--probe-ms", type=int, default=2000, help="server echo probe interval (default 2000)")
+    args = ap.parse_args(argv)
+    if args.seconds < 0:
+        ap.error("--seconds must be >= 0, got %s" % args.seconds)
+
+    q = queue.Queue()
+    server = subprocess.Popen(
+        [sys.executable, "-u", "-m", "tools.hbserver", "--host", "127.0.0.1", "--port", str(args.port),
+         "--tick-ms", str(args.beat_ms), "--probe-ms", str(args.probe_ms), "--summary-ms", "5000"],
+        stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    threading.Thread(target=pump, args=("server", server.stdout, q), daemon=True).start()
+    port = None
+    deadline = time.monotonic() + 15
+    while port is None:
+        try:
+            who, line = q.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            line = None
+        if line is None:
+            server.kill()
+            print("demo: the server did not start (no 'listening' line)", file=sys.stderr)
+            return 1
+        print("[server] " + line, flush=True)
+        fields = dict(f.partition("=")[::2] for f in line.split(" ")[2:])
+        if line.split(" ")[1:2] == ["listening"] and "port" in fields:
+            port = int(fields["port"])
+
+    cfg = {"host": "127.0.0.1", "port": port, "beat_ms": args.beat_ms, "verbose": True, "stats_ms": 10000}
+    try:
+        device, _ = hostrun.start(args.runtime, cfg, workdir=tempfile.mkdtemp(prefix="demo-"))
+    except RuntimeError as e:
+        server.terminate()
+        print("demo: %s" % e, file=sys.stderr)
+        return 3
+    threading.Thread(target=pump, args=("device", device.stdout, q), daemon=True).start()
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    end = time.monotonic() + args.seconds if args.seconds else None
+    ended = set()
+    while not stop.is_set() and len(ended) < 2:
+        if end is not None and time.monotonic() >= end:
+            break
+        try:
+            who, line = q.get(timeout=0.2)  # bounded so Ctrl-C and --seconds are noticed
+        except queue.Empty:
+            continue
+        if line is None:
+            ended.add(who)
+            continue
+        print("[%s] %s" % (who, line), flush=True)
+    for p in (device, server):
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in (device, server):
+        try:
+            p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    while True:  # the last words: final stats and the server's shutdown line
+        try:
+            who, line = q.get(timeout=0.5)
+        except queue.Empty:
+            break
+        if line is not None:
+            print("[%s] %s" % (who, line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
