@@ -1,0 +1,263 @@
+"""A fleet of simulated devices running the firmware's own client code on CPython.
+
+    python3 -m tools.fleet --clients 1000 --server 127.0.0.1:39002 --seconds 60
+
+Each device is a real firmware Client (firmware/client.py) with its own socket, beats and echo. Options add
+churn (devices that drop and reconnect at random), a share of silent devices (connected, never beating) and
+of misbehaving ones (they send a broken header now and then). The devices are spread over --procs worker
+processes, each with its own event loop.
+
+At the end it prints what the server should have seen, as `fleet_expect` and `fleet_report` lines in the
+event format (docs/EVENTS.md), so a run can be checked against the server's own report.
+"""
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import resource
+import socket
+import struct
+import sys
+import time
+
+import tools._firmware  # noqa: F401  (firmware modules on sys.path)
+from config import Config
+from client import Client
+from events import Events
+
+BOARD_PATH = os.path.join(tools._firmware.BOARDS_DIR, "unix", "board.json")
+
+
+def emit(name, **fields):
+    ms = int(time.monotonic() * 1000)
+    print("%d %s %s" % (ms, name, " ".join("%s=%s" % kv for kv in fields.items())), flush=True)
+
+
+def parse_server(text):
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError("expected HOST:PORT, got %r" % text)
+    try:
+        port = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError("port in %r is not a number" % text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError("port %d out of range 1-65535" % port)
+    return host, port
+
+
+def share(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a fraction from 0 to 1, got %r" % text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError("expected a fraction from 0 to 1, got %s" % text)
+    return v
+
+
+class Counter:
+    def __init__(self):
+        self.churn_drops = 0
+        self.bad_frames_sent = 0
+        self.misbehaver_connects = 0
+
+
+async def run_device(cfg, board, churn_per_min, rng, counter, stop_at):
+    """One well-behaved device; with churn it is stopped and restarted at random moments."""
+    client = Client(cfg, board, events=Events(write=lambda s: None))
+    stats = []
+    loop = asyncio.get_running_loop()
+    while loop.time() < stop_at:
+        task = asyncio.create_task(client.run())
+        if churn_per_min > 0:
+            # Exponential gaps: drops at a steady average rate, at random moments.
+            up = rng.expovariate(churn_per_min / 60.0)
+        else:
+            up = stop_at - loop.time()
+        await asyncio.sleep(max(0.0, min(up, stop_at - loop.time())))
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if loop.time() < stop_at:
+            counter.churn_drops += 1
+            await asyncio.sleep(rng.uniform(0.05, 1.0))
+    stats.append(client.stats)
+    return client.stats
+
+
+async def run_misbehaver(host, port, beat_ms, rng, counter, stop_at):
+    """Beats for a while, then sends a header the server must reject; reconnects a second later."""
+    loop = asyncio.get_running_loop()
+    heart = struct.pack("<ii", 0, 0)
+    bad = [struct.pack("<ii", 7, 0), struct.pack("<ii", 1, -1), struct.pack("<ii", 1, 1 << 30)]
+    while loop.time() < stop_at:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(1.0)
+            continue
+        counter.misbehaver_connects += 1
+        try:
+            for _ in range(rng.randint(1, 5)):
+                writer.write(heart)
+                await asyncio.sleep(beat_ms / 1000)
+            if loop.time() < stop_at:
+                writer.write(rng.choice(bad))
+                await writer.drain()
+                counter.bad_frames_sent += 1
+                await asyncio.wait_for(reader.read(), timeout=5)  # until the server drops us
+        except (OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            writer.close()
+        await asyncio.sleep(1.0)
+
+
+async def worker_main(spec):
+    rng = random.Random(spec["seed"])
+    with open(BOARD_PATH) as f:
+        board = json.load(f)
+    host, port = spec["host"], spec["port"]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    stop_at = start + spec["seconds"]
+    counter = Counter()
+    tasks = []
+    base = {"host": host, "port": port, "mode": spec["mode"], "beat_ms": spec["beat_ms"], "stats_ms": 0,
+            "peer_timeout": "auto", "retry_ms": spec["retry_ms"], "backoff_max_ms": spec["backoff_max_ms"],
+            "rx_buf": 256 if spec["mode"] == "raw" else 64, "max_payload": spec["max_payload"]}
+    ramp = spec["ramp_s"]
+    n = spec["count"]
+    for i in range(n):
+        kind = spec["kinds"][i]
+        # Spread the starts over the ramp so beats do not all fall on the same millisecond.
+        delay = ramp * i / max(1, n)
+        if kind == "misbehaving":
+            coro = run_misbehaver(host, port, spec["beat_ms"], rng, counter, stop_at)
+        else:
+            cfg = dict(base)
+            if kind == "silent":
+                cfg["beat_ms"] = 3600000  # connected, never beating
+                cfg["peer_timeout"] = "off"
+            coro = run_device(Config(cfg), board, spec["churn_per_min"] if kind == "beating" else 0, rng,
+                              counter, stop_at)
+        tasks.append(asyncio.create_task(_delayed(delay, coro)))
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    total = {"beats_sent": 0, "connects": 0, "attempts": 0, "frames_echoed": 0, "disconnects": 0,
+             "errors": 0}
+    for r in results:
+        if isinstance(r, BaseException):
+            total["errors"] += 1
+        elif r is not None:
+            total["beats_sent"] += r.beats_sent
+            total["connects"] += r.connects
+            total["attempts"] += r.attempts
+            total["frames_echoed"] += r.frames_echoed
+            total["disconnects"] += sum(r.disconnects.values())
+    total.update(churn_drops=counter.churn_drops, bad_frames_sent=counter.bad_frames_sent,
+                 misbehaver_connects=counter.misbehaver_connects)
+    return total
+
+
+async def _delayed(delay, coro):
+    await asyncio.sleep(delay)
+    return await coro
+
+
+def worker(spec, out):
+    raise_fd_limit()
+    out.put(asyncio.run(worker_main(spec)))
+
+
+def raise_fd_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python3 -m tools.fleet", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, required=True, help="number of simulated devices")
+    ap.add_argument("--server", type=parse_server, required=True, metavar="HOST:PORT")
+    ap.add_argument("--seconds", type=float, default=60, help="how long to run (default 60)")
+    ap.add_argument("--beat-ms", type=int, default=1000, help="beat interval of each device (default 1000)")
+    ap.add_argument("--mode", choices=("framed", "raw"), default="framed")
+    ap.add_argument("--churn-per-min", type=float, default=0, help="drops per device per minute (default 0)")
+    ap.add_argument("--silent", type=share, default=0.0, help="share of devices that never beat (0-1)")
+    ap.add_argument("--misbehaving", type=share, default=0.0, help="share that send broken headers (0-1)")
+    ap.add_argument("--procs", type=int, default=1, help="worker processes (default 1)")
+    ap.add_argument("--ramp-s", type=float, default=None, help="spread the starts over this long (default: one beat)")
+    ap.add_argument("--retry-ms", type=int, default=100)
+    ap.add_argument("--backoff-max-ms", type=int, default=2000, help="fleet-friendly backoff cap (default 2000)")
+    ap.add_argument("--seed", type=int, default=1, help="random seed (default 1): runs are reproducible")
+    args = ap.parse_args(argv)
+    if args.clients < 1:
+        ap.error("--clients must be at least 1, got %d" % args.clients)
+    if args.procs < 1 or args.procs > args.clients:
+        ap.error("--procs must be from 1 to --clients, got %d" % args.procs)
+    if args.seconds <= 0:
+        ap.error("--seconds must be > 0, got %s" % args.seconds)
+    if args.silent + args.misbehaving > 1:
+        ap.error("--silent plus --misbehaving must not exceed 1")
+    if not 10 <= args.beat_ms <= 3600000:
+        ap.error("--beat-ms must be from 10 to 3600000, got %d" % args.beat_ms)
+    host, port = args.server
+    try:
+        host = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][4][0]  # resolve once, here
+    except OSError as e:
+        ap.error("--server %s: cannot resolve (%s)" % (args.server[0], e))
+
+    rng = random.Random(args.seed)
+    kinds = []
+    n_silent = int(round(args.clients * args.silent))
+    n_bad = int(round(args.clients * args.misbehaving))
+    kinds = ["silent"] * n_silent + ["misbehaving"] * n_bad + ["beating"] * (args.clients - n_silent - n_bad)
+    rng.shuffle(kinds)
+    ramp = args.ramp_s if args.ramp_s is not None else args.beat_ms / 1000
+    specs = []
+    for p in range(args.procs):
+        mine = kinds[p :: args.procs]
+        specs.append({"seed": args.seed * 1000 + p, "host": host, "port": port, "seconds": args.seconds,
+                      "beat_ms": args.beat_ms, "mode": args.mode, "churn_per_min": args.churn_per_min,
+                      "retry_ms": args.retry_ms, "backoff_max_ms": args.backoff_max_ms, "max_payload": 1024,
+                      "ramp_s": ramp, "count": len(mine), "kinds": mine})
+    emit("fleet_start", clients=args.clients, beating=kinds.count("beating"), silent=n_silent,
+         misbehaving=n_bad, procs=args.procs, beat_ms=args.beat_ms, seconds=args.seconds, seed=args.seed)
+    # What the server should see. Counts that depend on chance (churn drops, broken headers sent) are in
+    # fleet_report at the end: the server's closed-by-client and protocol_error counts should match them.
+    emit("fleet_expect", online_beating=kinds.count("beating"), online_silent_until_offline=n_silent,
+         beats_per_s="%.0f" % (kinds.count("beating") * 1000 / args.beat_ms), false_offline=0)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(s, out), daemon=True) for s in specs]
+    t0 = time.monotonic()
+    for p in procs:
+        p.start()
+    totals = []
+    try:
+        for _ in procs:
+            totals.append(out.get(timeout=args.seconds + 120))
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        return 130
+    for p in procs:
+        p.join(timeout=10)
+    agg = {}
+    for t in totals:
+        for k, v in t.items():
+            agg[k] = agg.get(k, 0) + v
+    elapsed = time.monotonic() - t0
+    emit("fleet_report", seconds="%.1f" % elapsed, beats_sent=agg.get("beats_sent", 0),
+         beats_per_s="%.0f" % (agg.get("beats_sent", 0) / args.seconds),
+         connects=agg.get("connects", 0), attempts=agg.get("attempts", 0),
+         churn_drops=agg.get("churn_drops", 0), bad_frames_sent=agg.get("bad_frames_sent", 0),
+         misbehaver_connects=agg.get("misbehaver_connects", 0), frames_echoed=agg.get("frames_echoed", 0),
+         device_errors=agg.get("errors", 0))
+    return 0 if agg.get("errors", 0) == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
