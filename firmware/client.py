@@ -33,7 +33,12 @@ class Client:
         self.ev = events or Events(verbose=cfg.verbose)
         self.stats = Stats()
         self.framed = cfg.mode == "framed"
-        self.link = Link(cfg.beat_ms, cfg.peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms)
+        # In raw mode nothing prompts the server to talk (no beats to answer), so `auto` would drop a
+        # merely idle server: there it means off. `strict` still applies if asked for.
+        peer_timeout = cfg.peer_timeout
+        if not self.framed and peer_timeout == "auto":
+            peer_timeout = "off"
+        self.link = Link(cfg.beat_ms, peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms)
         # Buffers allocated once for the life of the client.
         size = cfg.rx_buf
         if self.framed and size < HEADER_SIZE + cfg.max_payload:
@@ -109,6 +114,10 @@ class Client:
             reason = "timeout"
         except OSError as e:
             reason = compat.errno_name(e)
+        except compat.CancelledError:
+            if sock is not None:
+                net.close(sock)  # stopped mid-connect: no descriptor left behind
+            raise
         if reason is not None:
             if sock is not None:
                 net.close(sock)  # the seed leaks one descriptor per failed attempt; we do not

@@ -59,7 +59,9 @@ if MICROPYTHON:
     def collect():
         gc.collect()
 
-    _ioq = asyncio.core._io_queue
+    # asyncio's poller. Private, but stable since MicroPython 1.13 and exactly what its own Stream
+    # methods wait on; the public Stream API would allocate a generator per read.
+    _ioq = asyncio.core._io_queue  # type: ignore[attr-defined]
 
     # Plain generators: on MicroPython a coroutine is a generator, and yielding after queueing the
     # socket on asyncio's poller parks the task until the socket is ready (what Stream.read does).

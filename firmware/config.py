@@ -107,9 +107,6 @@ class Config:
         self.wifi_ssid = wifi.get("ssid")
         self.wifi_password = wifi.get("password")
 
-    def silence_limit_ms(self):
-        return self.peer_miss * self.beat_ms
-
 
 def load(path):
     import json
@@ -119,8 +116,35 @@ def load(path):
             text = f.read()
     except OSError as e:
         raise ConfigError("%s: cannot read config file (%s)" % (path, e))
+    if not _balanced(text):
+        # MicroPython's json.loads accepts a document cut short ('{"beat_ms": 100'): a half-finished
+        # upload to the board would otherwise start with defaults instead of stopping.
+        raise ConfigError("%s: not valid JSON (unbalanced brackets: is the file complete?)" % path)
     try:
         data = json.loads(text)
     except ValueError as e:
         raise ConfigError("%s: not valid JSON (%s)" % (path, e))
     return Config(data)
+
+
+def _balanced(text):
+    depth = 0
+    in_str = False
+    escaped = False
+    for c in text:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c == "{" or c == "[":
+            depth += 1
+        elif c == "}" or c == "]":
+            depth -= 1
+            if depth < 0:
+                return False
+    return depth == 0 and not in_str

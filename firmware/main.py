@@ -11,10 +11,10 @@ def main(config_path="config.json", board_path="board.json"):
         cfg = load(config_path)
         board = compat.load_json(board_path)
     except ConfigError as e:
-        compat.write_line("%d config_error %s" % (compat.ticks_ms(), str(e).replace("\n", " ")))
+        compat.write_line("%s config_error %s" % (compat.ticks_ms(), str(e).replace("\n", " ")))
         return 2
     except (OSError, ValueError) as e:
-        compat.write_line("%d board_error path=%s error=%s" % (compat.ticks_ms(), board_path, e))
+        compat.write_line("%s board_error path=%s error=%s" % (compat.ticks_ms(), board_path, e))
         return 2
     from client import Client  # imported after the config is known good: less heap on a failed start
 

@@ -403,3 +403,16 @@ def test_stats_line_counts_what_happened():
         assert f["connect_failures"] == "ECONNREFUSED:1"
 
     vloop.run(main())
+
+
+def test_raw_mode_auto_does_not_drop_an_idle_server():
+    async def main():
+        conn = FakeConn()
+        h = Harness(FakeNet([conn]), mode="raw", beat_ms=100)  # peer_timeout defaults to auto
+        h.start()
+        await h.wait_event("connected")
+        conn.send(b"once")
+        await asyncio.sleep(60)
+        assert h.events("disconnected") == []
+
+    vloop.run(main())

