@@ -16,6 +16,7 @@ import collections
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import threading
@@ -214,6 +215,7 @@ class FwProc:
             self.proc.stdout.close()
         except OSError:
             pass
+        shutil.rmtree(self.workdir, ignore_errors=True)  # the config copy hostrun wrote
         return self.proc.returncode
 
     def __enter__(self):

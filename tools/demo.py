@@ -9,6 +9,7 @@ who said it. Runs until Ctrl-C, or for --seconds.
 import argparse
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,7 +62,7 @@ def main(argv=None):
 
     cfg = {"host": "127.0.0.1", "port": port, "beat_ms": args.beat_ms, "verbose": True, "stats_ms": 10000}
     try:
-        device, _ = hostrun.start(args.runtime, cfg, workdir=tempfile.mkdtemp(prefix="demo-"))
+        device, workdir = hostrun.start(args.runtime, cfg, workdir=tempfile.mkdtemp(prefix="demo-"))
     except RuntimeError as e:
         server.terminate()
         print("demo: %s" % e, file=sys.stderr)
@@ -92,6 +93,7 @@ def main(argv=None):
             p.wait(timeout=5)
         except subprocess.TimeoutExpired:
             p.kill()
+    shutil.rmtree(workdir, ignore_errors=True)
     while True:  # the last words: final stats and the server's shutdown line
         try:
             who, line = q.get(timeout=0.5)

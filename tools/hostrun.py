@@ -110,16 +110,20 @@ def main(argv=None):
             ap.error("--config %s: %s" % (args.config, e.strerror))
         except ValueError as e:
             ap.error("--config %s: not valid JSON (%s)" % (args.config, e))
-    try:
-        cfg = merge(cfg, args.set)
-        workdir = tempfile.mkdtemp(prefix="hostrun-")
-        argv_ = command(args.runtime, prepare(cfg, workdir), args.board)
-    except (ValueError, fw_config.ConfigError) as e:
-        print("hostrun: error: %s" % e, file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # mpbin could not provide the binary
-        print("hostrun: error: %s" % e, file=sys.stderr)
-        return 3
+    with tempfile.TemporaryDirectory(prefix="hostrun-") as workdir:
+        try:
+            cfg = merge(cfg, args.set)
+            argv_ = command(args.runtime, prepare(cfg, workdir), args.board)
+        except (ValueError, fw_config.ConfigError) as e:
+            print("hostrun: error: %s" % e, file=sys.stderr)
+            return 2
+        except RuntimeError as e:  # mpbin could not provide the binary
+            print("hostrun: error: %s" % e, file=sys.stderr)
+            return 3
+        return _run_child(argv_)
+
+
+def _run_child(argv_):
     child = subprocess.Popen(argv_, cwd=FIRMWARE_DIR)
 
     def forward(signum, frame):
