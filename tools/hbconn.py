@@ -1,0 +1,201 @@
+"""One client connection of tools.hbserver: its state, and what its bytes mean.
+
+A connection is an asyncio BufferedProtocol rather than a stream: no task, no StreamReader buffer and no
+per-read bytes object per client. Every connection reads into the server's one shared buffer (the loop
+runs one callback at a time, and each read is fully handled before the next one starts), so an idle
+client costs this object, its Decoder (8 + max_payload bytes) and the transport -- a few KiB in all.
+
+Framing is decoded by the firmware's own sans-IO decoder (firmware/protocol.py); no second decoder.
+Timing (ticks, offline, probe sweeps) is driven by the server's few global tasks, never per client.
+"""
+import asyncio
+
+import tools._firmware  # noqa: F401  (firmware modules on sys.path)
+import protocol
+from protocol import DATA, ERROR, FRAME_ASSEMBLED, FRAME_IN_PLACE, HEADER_SIZE, HEART
+
+from tools.hbprobe import Probe, check_framed, make_payload, match_raw
+
+HEART_FRAME = protocol.encode(HEART)
+
+# Connection states. A connection is reported online once and offline at most once.
+NEW = 0  # transport made, not yet admitted
+ONLINE = 1
+GONE = 2  # reported offline (or refused); waiting for the transport to finish closing
+
+
+def peer_name(addr):
+    """ip:port for the event lines; IPv6 addresses in brackets so the port stays unambiguous."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host, port = addr[0], addr[1]
+        return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+    return str(addr)
+
+
+class Conn(asyncio.BufferedProtocol):
+    # __slots__ keeps the per-client cost down (no __dict__): at 10,000 clients every field counts.
+    __slots__ = (
+        "srv", "transport", "name", "state", "since", "last_heard", "last_frame", "missed", "beats",
+        "frames_in", "bytes_in", "frames_out", "bytes_out", "decoder", "partial_since", "probes",
+        "paused", "strays",
+    )
+
+    def __init__(self, srv):
+        self.srv = srv
+        self.transport = None
+        self.name = "?"
+        self.state = NEW
+        self.since = 0.0  # loop time of the connection
+        self.last_heard = 0.0  # loop time `missed` was last reset (connection, HEART, or raw bytes)
+        self.last_frame = None  # loop time of the last complete frame (any type)
+        self.missed = 0  # ticks since last_heard; the seed's per-client counter
+        self.beats = 0
+        self.frames_in = 0
+        self.bytes_in = 0
+        self.frames_out = 0
+        self.bytes_out = 0
+        self.decoder = None  # made on admission: a refused client never costs a frame buffer
+        self.partial_since = None  # loop time a partial frame started to be held, None when none is
+        self.probes = None  # probes in flight, oldest first (a list, made on the first probe)
+        self.paused = False  # the transport's write buffer is above its high-water mark
+        self.strays = 0  # raw mode: bytes received with no probe in flight
+
+    # -- asyncio callbacks -------------------------------------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.name = peer_name(transport.get_extra_info("peername"))
+        self.since = self.last_heard = self.srv.loop.time()
+        self.srv._admit(self)
+
+    def get_buffer(self, sizehint):
+        return self.srv.rbuf
+
+    def buffer_updated(self, nbytes):
+        if self.state != ONLINE:
+            return  # dropped during this loop iteration; the rest of its bytes mean nothing
+        srv = self.srv
+        now = srv.loop.time()
+        self.bytes_in += nbytes
+        srv.bytes_in += nbytes
+        if srv.raw:
+            self._raw(nbytes, now)
+        else:
+            self._framed(nbytes, now)
+
+    def eof_received(self):
+        self.srv._offline(self, "closed")
+        return False  # let the transport close our side too
+
+    def connection_lost(self, exc):
+        if self.state == ONLINE:
+            self.srv._offline(self, "reset" if exc is not None else "closed")
+        self.state = GONE
+        self.srv._closed(self)
+
+    def pause_writing(self):
+        self.paused = True
+
+    def resume_writing(self):
+        self.paused = False
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def send(self, data):
+        """Write one whole frame (or raw probe). Returns False, writing nothing, while the client is
+        not reading fast enough: a backlog beyond the high-water mark would only grow memory."""
+        if self.paused or self.state != ONLINE:
+            return False
+        self.transport.write(data)
+        n = len(data)
+        self.frames_out += 1
+        self.bytes_out += n
+        srv = self.srv
+        srv.frames_out += 1
+        srv.bytes_out += n
+        return True
+
+    def send_probe(self, now):
+        srv = self.srv
+        payload, expected = make_payload(srv.rng, srv.config.probe_bytes)
+        data = payload if srv.raw else protocol.encode(DATA, payload)
+        if not self.send(data):
+            return False
+        if self.probes is None:
+            self.probes = []
+        self.probes.append(Probe(now, expected))
+        return True
+
+    def close(self):
+        self.state = GONE
+        if self.transport is not None:
+            self.transport.close()  # flushes what is queued, then FIN
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def _framed(self, n, now):
+        buf = self.srv.rbuf
+        dec = self.decoder
+        pos = 0
+        frames = 0
+        while pos < n:
+            pos = dec.feed(buf, pos, n)
+            ev = dec.event
+            if ev == FRAME_IN_PLACE:
+                frames += 1
+                self._frame(dec.type, buf, dec.start + HEADER_SIZE, dec.length, now)
+            elif ev == FRAME_ASSEMBLED:
+                frames += 1
+                self._frame(dec.type, dec.frame, HEADER_SIZE, dec.length, now)
+            elif ev == ERROR:
+                self.srv._protocol_error(self, dec.error_field, dec.error_value, dec.error_reason)
+                return
+        # The header timeout runs from the moment the frame now held began; a frame completed in this
+        # read means any partial one is new.
+        if dec.have:
+            if frames or self.partial_since is None:
+                self.partial_since = now
+        else:
+            self.partial_since = None
+
+    def _frame(self, ftype, buf, off, length, now):
+        srv = self.srv
+        self.frames_in += 1
+        srv.frames_in += 1
+        self.last_frame = now
+        if ftype == HEART:
+            # Only a HEART resets the count, as in the seed: echoes come from another part of the
+            # firmware and must not hide a beat task that has stopped.
+            self.missed = 0
+            self.last_heard = now
+            self.beats += 1
+            srv.beats += 1
+            if srv.verbose:
+                srv.emit("beat", {"client": self.name})
+            if srv.config.heart_reply:
+                self.send(HEART_FRAME)
+            return
+        # DATA: consumed whole (the seed's server left it unread and lost the framing). The oldest probe
+        # in flight claims it; with none in flight it is the client's own data, counted and dropped.
+        srv.data_frames += 1
+        pending = self.probes
+        if pending:
+            probe = pending.pop(0)
+            srv._probe_done(self, probe, now, check_framed(probe, buf, off, length))
+        elif srv.verbose:
+            srv.emit("data", {"client": self.name, "len": length})
+
+    def _raw(self, n, now):
+        # No framing: any byte is a sign of life, and every byte belongs to a probe reply.
+        self.missed = 0
+        self.last_heard = now
+        self.last_frame = now
+        data = memoryview(self.srv.rbuf)[:n]
+        try:
+            stray = match_raw(self.probes if self.probes is not None else [], data,
+                              lambda p: self.srv._probe_done(
+                                  self, p, now, None if p.bad_at < 0 else ("content", p.bad_at)))
+        finally:
+            data.release()  # never leave a view of the shared buffer behind
+        if stray:
+            self.srv._stray(self, stray)

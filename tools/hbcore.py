@@ -1,0 +1,357 @@
+"""The heartbeat server itself: configuration, client registry, ticker, probe sweep, summaries.
+
+The command line around it is tools/hbserver.py; one connection's bytes are tools/hbconn.py; probe
+bookkeeping is tools/hbprobe.py. Import HeartbeatServer and ServerConfig from tools.hbserver.
+"""
+import asyncio
+import random
+from dataclasses import asdict, dataclass
+
+import tools._firmware  # noqa: F401  (firmware modules on sys.path)
+from protocol import Decoder
+
+from tools.hbconn import ONLINE, Conn
+from tools.hbprobe import BAD, LATE, PROBE_WINDOW, ProbeStats
+
+READ_BUFFER = 65536  # the one read buffer all connections share
+WRITE_HIGH_WATER = 16384  # per client: above this, HEART replies and probes are skipped (bounded memory)
+CLOSE_GRACE_S = 2.0  # at shutdown, how long closing connections may take to flush before being aborted
+OFFLINE_REASONS = ("silent", "closed", "reset", "protocol", "shutdown")
+
+
+@dataclass
+class ServerConfig:
+    host: str = "0.0.0.0"  # all addresses, as the seed's server
+    port: int = 39002  # the seed's port; 0 picks a free one (the `listening` event says which)
+    tick_ms: int = 3000  # the seed's checker period
+    offline_ticks: int = 5  # the seed's HEART_COUNT
+    heart_reply: bool = True  # answer each HEART with a HEART (False: silent, as the seed's server)
+    probe_ms: int = 0  # echo probe period; 0 = no probes
+    probe_bytes: int = 16
+    probe_mode: str = "framed"  # "framed": DATA frames; "raw": bare bytes, for unframed clients
+    probe_late_ms: int = 1000  # a probe reply later than this counts as late
+    max_clients: int = 0  # 0 = no limit
+    max_payload: int = 1024  # largest DATA payload accepted (the firmware's default)
+    header_timeout_ms: int = 5000  # a partial frame held longer than this drops the client
+    summary_ms: int = 10000  # 0 = no summary lines
+    verbose: bool = False  # also emit per-frame events (beat, data, probe_ok)
+    backlog: int = 1024  # the seed used 20; a fleet reconnecting at once needs more
+
+    @property
+    def timeout_ms(self):
+        return self.tick_ms * self.offline_ticks
+
+    def validate(self):
+        """Raise ValueError naming the first bad value (the CLI checks ranges before this)."""
+        def need(ok, text):
+            if not ok:
+                raise ValueError(text)
+
+        need(0 <= self.port <= 65535, "port must be from 0 to 65535, got %r" % (self.port,))
+        need(self.tick_ms >= 1, "tick_ms must be at least 1, got %r" % (self.tick_ms,))
+        need(self.offline_ticks >= 1, "offline_ticks must be at least 1, got %r" % (self.offline_ticks,))
+        need(self.probe_ms >= 0, "probe_ms must be >= 0, got %r" % (self.probe_ms,))
+        need(self.probe_mode in ("framed", "raw"),
+             "probe_mode must be 'framed' or 'raw', got %r" % (self.probe_mode,))
+        need(self.probe_bytes >= 1, "probe_bytes must be at least 1, got %r" % (self.probe_bytes,))
+        need(self.max_payload >= 0, "max_payload must be >= 0, got %r" % (self.max_payload,))
+        need(self.probe_mode == "raw" or self.probe_bytes <= self.max_payload,
+             "probe_bytes (%d) must not exceed max_payload (%d): the replies would be refused"
+             % (self.probe_bytes, self.max_payload))
+        need(self.probe_late_ms >= 1, "probe_late_ms must be at least 1, got %r" % (self.probe_late_ms,))
+        need(self.max_clients >= 0, "max_clients must be >= 0, got %r" % (self.max_clients,))
+        need(self.header_timeout_ms >= 1,
+             "header_timeout_ms must be at least 1, got %r" % (self.header_timeout_ms,))
+        need(self.summary_ms >= 0, "summary_ms must be >= 0, got %r" % (self.summary_ms,))
+        need(self.backlog >= 1, "backlog must be at least 1, got %r" % (self.backlog,))
+
+
+class HeartbeatServer:
+    """The server. `on_event(name, fields)` is called synchronously for every event, fields being a
+    dict in a stable order (see docs/SERVER.md for names and fields)."""
+
+    def __init__(self, config=None, on_event=None, **overrides):
+        config = config or ServerConfig()
+        if overrides:
+            config = ServerConfig(**{**asdict(config), **overrides})
+        config.validate()
+        self.config = config
+        self.on_event = on_event
+        self.verbose = config.verbose
+        self.raw = config.probe_mode == "raw"
+        self.rng = random.Random()
+        self.rbuf = bytearray(READ_BUFFER)
+        self.loop = None
+        self.port = None
+        self.clients = set()  # online connections
+        self.probes = ProbeStats()
+        self.late_s = config.probe_late_ms / 1000
+        # Totals since start.
+        self.connections = 0
+        self.refused = 0
+        self.beats = 0
+        self.data_frames = 0
+        self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = 0
+        self.protocol_errors = 0
+        self.offline_by = dict.fromkeys(OFFLINE_REASONS, 0)
+        self._server = None
+        self._tasks = []
+        self._conns = set()  # every transport not yet lost: online, refused or dropped and flushing
+        self._all_closed = None
+        self._stopped = None
+        self._started_at = 0.0
+        self._window_at = 0.0  # start of the current summary window
+        self._window_beats = 0
+        self._state = "new"
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self):
+        """Listen; returns the bound port (useful with port 0)."""
+        if self._state != "new":
+            raise RuntimeError("HeartbeatServer.start() called twice")
+        self._state = "running"
+        self.loop = asyncio.get_running_loop()
+        self._all_closed = asyncio.Event()
+        cfg = self.config
+        self._server = await self.loop.create_server(
+            lambda: Conn(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._started_at = self._window_at = self.loop.time()
+        self._tasks.append(asyncio.create_task(self._every(cfg.tick_ms, self._tick)))
+        if cfg.probe_ms:
+            self._tasks.append(asyncio.create_task(self._every(cfg.probe_ms, self._probe_sweep)))
+        if cfg.summary_ms:
+            self._tasks.append(asyncio.create_task(self._every(cfg.summary_ms, self._summary)))
+        self.emit("listening", {
+            "host": cfg.host, "port": self.port, "tick_ms": cfg.tick_ms, "offline_ticks": cfg.offline_ticks,
+            "timeout_ms": cfg.timeout_ms, "heart_reply": "on" if cfg.heart_reply else "off",
+            "probe_ms": cfg.probe_ms, "probe_mode": cfg.probe_mode, "probe_bytes": cfg.probe_bytes,
+            "max_clients": cfg.max_clients, "max_payload": cfg.max_payload,
+            "loop": type(self.loop).__module__.split(".")[0]})
+        return self.port
+
+    async def stop(self):
+        """Stop accepting, close every client (offline reason=shutdown), wait for them to go, and
+        emit `stopped`. Safe to call more than once; a second call waits for the first to finish."""
+        if self._state == "stopping":
+            await self._stopped.wait()
+        if self._state != "running":
+            return
+        self._state = "stopping"
+        self._stopped = asyncio.Event()
+        self._server.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for c in list(self.clients):
+            self._offline(c, "shutdown")
+        if self._conns:
+            try:
+                async with asyncio.timeout(CLOSE_GRACE_S):
+                    await self._all_closed.wait()
+            except TimeoutError:
+                pass  # clients that do not read cannot be flushed to; they are aborted below
+        # Anything still open here belongs to a peer not reading what was queued: abort, not wait.
+        for c in list(self._conns):
+            c.transport.abort()
+        await self._server.wait_closed()
+        self._state = "stopped"
+        self._stopped.set()
+        s = self.stats()
+        self.emit("stopped", {
+            "up_ms": s["up_ms"], "connections": s["connections"], "refused": s["refused"],
+            "beats": s["beats"], "protocol_errors": s["protocol_errors"], "probes_sent": s["probes_sent"],
+            "probes_ok": s["probes_ok"], "probes_bad": s["probes_bad"], "probes_late": s["probes_late"],
+            "probes_lost": s["probes_lost"], "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"]})
+
+    async def _every(self, period_ms, fn):
+        """Call fn(now) every period at a fixed phase. A slot missed because the loop was busy is
+        skipped, never made up back to back: running two ticks in a row would count a missed beat for
+        clients whose beats are sitting unread in the socket -- a false offline."""
+        loop = self.loop
+        period = period_ms / 1000
+        nxt = loop.time() + period
+        while True:
+            await asyncio.sleep(nxt - loop.time())
+            now = loop.time()
+            fn(now)
+            nxt += period
+            if nxt <= now:
+                nxt += period * (int((now - nxt) / period) + 1)
+
+    # -- connections -------------------------------------------------------------------------------
+
+    def _admit(self, conn):
+        self._conns.add(conn)
+        cfg = self.config
+        if self._state != "running" or (cfg.max_clients and len(self.clients) >= cfg.max_clients):
+            self.refused += 1
+            self.emit("refused", {"client": conn.name,
+                                  "reason": "max_clients" if self._state == "running" else "stopping",
+                                  "online": len(self.clients)})
+            conn.close()  # a clean FIN: the client sees the connection end, not a reset
+            return
+        conn.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        conn.decoder = Decoder(cfg.max_payload)
+        conn.state = ONLINE
+        self.clients.add(conn)
+        self.connections += 1
+        self.emit("online", {"client": conn.name, "online": len(self.clients)})
+
+    def _offline(self, conn, reason, now=None):
+        """Report a client offline once, forget it, close its connection."""
+        if conn.state != ONLINE:
+            return
+        now = self.loop.time() if now is None else now
+        self.clients.discard(conn)
+        self.offline_by[reason] += 1
+        if conn.probes:
+            self.probes.abandon(conn.probes)
+            conn.probes = None
+        self.emit("offline", {
+            "client": conn.name, "reason": reason, "missed": conn.missed,
+            "since_last_ms": _ms(now - conn.last_heard), "up_ms": _ms(now - conn.since),
+            "beats": conn.beats, "frames_in": conn.frames_in, "bytes_in": conn.bytes_in,
+            "frames_out": conn.frames_out, "bytes_out": conn.bytes_out, "online": len(self.clients)})
+        conn.close()
+
+    def _closed(self, conn):
+        self._conns.discard(conn)
+        if not self._conns and self._state == "stopping":
+            self._all_closed.set()
+
+    def _protocol_error(self, conn, field, value, reason):
+        self.protocol_errors += 1
+        self.emit("protocol_error", {"client": conn.name, "field": field, "value": value, "reason": reason})
+        self._offline(conn, "protocol")
+
+    # -- probes ------------------------------------------------------------------------------------
+
+    def _probe_done(self, conn, probe, now, mismatch):
+        outcome = self.probes.resolve(probe, now, self.late_s, mismatch is None)
+        if outcome == BAD:
+            what, detail = mismatch
+            fields = {"client": conn.name, "mode": self.config.probe_mode, "reason": what}
+            if what == "length":
+                fields.update(expected=len(probe.expected), got=detail)
+            else:
+                fields.update(offset=detail, len=len(probe.expected))
+            self.emit("probe_mismatch", fields)
+        elif outcome == LATE and not probe.counted_late:
+            self.emit("probe_late", {"client": conn.name, "rtt_ms": _ms3(now - probe.sent)})
+        elif self.verbose:
+            self.emit("probe_ok", {"client": conn.name, "rtt_ms": _ms3(now - probe.sent)})
+
+    def _stray(self, conn, nbytes):
+        self.probes.stray_bytes += nbytes
+        if not conn.strays:  # once per connection: a chattering client must not flood the output
+            self.emit("probe_mismatch", {"client": conn.name, "mode": self.config.probe_mode,
+                                         "reason": "unsolicited", "len": nbytes})
+        conn.strays += nbytes
+
+    def _probe_sweep(self, now):
+        late = self.late_s
+        ps = self.probes
+        # A snapshot: writing is the one thing here that reaches into the transport, and the event hook
+        # is the caller's code; neither may change the set under our feet.
+        for c in list(self.clients):
+            if c.state != ONLINE:
+                continue
+            pending = c.probes
+            if pending:
+                for p in pending:  # oldest first: stop at the first one not yet overdue
+                    if now - p.sent <= late:
+                        break
+                    if ps.overdue(p):
+                        self.emit("probe_late", {"client": c.name, "waited_ms": _ms(now - p.sent)})
+                if len(pending) >= PROBE_WINDOW:
+                    ps.skipped += 1
+                    continue
+            if c.send_probe(now):
+                ps.sent += 1
+            else:
+                ps.skipped += 1
+
+    # -- ticks and summaries -----------------------------------------------------------------------
+
+    def _tick(self, now):
+        cfg = self.config
+        limit = cfg.offline_ticks
+        # The seed's rule counts ticks; this guard makes the promised lower bound hold in time too, even
+        # when a late tick is followed closely by an on-time one: never offline before (K-1) ticks of quiet.
+        min_quiet = (limit - 1) * cfg.tick_ms / 1000
+        held_max = cfg.header_timeout_ms / 1000
+        silent = []
+        partial = []
+        for c in self.clients:
+            c.missed += 1
+            if c.partial_since is not None and now - c.partial_since >= held_max:
+                partial.append(c)
+            elif c.missed >= limit and now - c.last_heard >= min_quiet:
+                silent.append(c)
+        for c in partial:
+            have = c.decoder.have
+            self.protocol_errors += 1
+            self.emit("protocol_error", {"client": c.name, "field": "header" if have < 8 else "payload",
+                                         "value": have, "reason": "incomplete",
+                                         "held_ms": _ms(now - c.partial_since)})
+            self._offline(c, "protocol", now)
+        for c in silent:
+            self._offline(c, "silent", now)
+
+    def _summary(self, now):
+        span = now - self._window_at
+        beats = self.beats - self._window_beats
+        w = self.probes.rtt_window
+        self.emit("summary", {
+            "online": len(self.clients), "beats_per_s": round(beats / span, 1) if span > 0 else 0.0,
+            "probes_ok": self.probes.ok, "probes_bad": self.probes.bad, "probes_late": self.probes.late,
+            "p50_ms": w.percentile_ms(0.5), "p99_ms": w.percentile_ms(0.99),
+            "offline": sum(self.offline_by.values()), "refused": self.refused,
+            "protocol_errors": self.protocol_errors})
+        w.clear()
+        self._window_at = now
+        self._window_beats = self.beats
+
+    # -- reporting ---------------------------------------------------------------------------------
+
+    def emit(self, name, fields):
+        if self.on_event is not None:
+            self.on_event(name, fields)
+
+    def stats(self):
+        """A snapshot of the totals since start (a new dict each call)."""
+        ps = self.probes
+        now = self.loop.time() if self.loop else 0.0
+        return {
+            "online": len(self.clients), "connections": self.connections, "refused": self.refused,
+            "beats": self.beats, "data_frames": self.data_frames, "frames_in": self.frames_in,
+            "bytes_in": self.bytes_in, "frames_out": self.frames_out, "bytes_out": self.bytes_out,
+            "protocol_errors": self.protocol_errors, "offline": dict(self.offline_by),
+            "probes_sent": ps.sent, "probes_ok": ps.ok, "probes_bad": ps.bad, "probes_late": ps.late,
+            "probes_lost": ps.lost, "probes_skipped": ps.skipped, "stray_bytes": ps.stray_bytes,
+            "p50_ms": ps.rtt.percentile_ms(0.5), "p99_ms": ps.rtt.percentile_ms(0.99),
+            "up_ms": _ms(now - self._started_at) if self.loop else 0,
+        }
+
+    def client_table(self):
+        """One dict per online client, oldest connection first."""
+        now = self.loop.time()
+        rows = []
+        for c in sorted(self.clients, key=lambda c: c.since):
+            rows.append({
+                "client": c.name, "since_ms": _ms(c.since), "up_ms": _ms(now - c.since),
+                "last_frame_ago_ms": None if c.last_frame is None else _ms(now - c.last_frame),
+                "since_last_ms": _ms(now - c.last_heard), "missed": c.missed, "beats": c.beats,
+                "frames_in": c.frames_in, "bytes_in": c.bytes_in, "frames_out": c.frames_out,
+                "bytes_out": c.bytes_out, "probes_pending": len(c.probes) if c.probes else 0})
+        return rows
+
+
+def _ms(seconds):
+    return int(seconds * 1000 + 0.5)
+
+
+def _ms3(seconds):
+    return round(seconds * 1000, 3)

@@ -1,0 +1,175 @@
+"""The heartbeat server to run beside your devices (docs/SERVER.md).
+
+    python3 -m tools.hbserver [--port 39002] [--tick-ms 3000] [--offline-ticks 5] [--probe-ms 1000] ...
+
+Any number of concurrent clients, each with its own state. Every tick each client's missed-beat count goes
+up by one and a HEART sets it back to zero; a client whose count reaches --offline-ticks is offline and
+its connection is closed (the seed's rule). Echo probes check the firmware's upper-case echo. One event
+line per client event, a periodic summary, JSON lines with --json (docs/EVENTS.md).
+
+The importable API -- HeartbeatServer, ServerConfig (defined in tools/hbcore.py) -- is what tests,
+tools.demo and tools.fleet use: `from tools.hbserver import HeartbeatServer, ServerConfig`.
+"""
+import argparse
+import asyncio
+import json
+import resource
+import signal
+import socket
+import sys
+
+import tools._firmware  # noqa: F401  (firmware modules on sys.path)
+from events import Events
+
+from tools.hbcore import HeartbeatServer, ServerConfig
+
+__all__ = ["HeartbeatServer", "ServerConfig", "main", "serve", "make_printer"]
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+def _int_in(lo, hi):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("expected an integer, got %r" % text)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError("must be from %d to %d, got %d" % (lo, hi, v))
+        return v
+    return parse
+
+
+def build_parser():
+    d = ServerConfig()
+    ap = argparse.ArgumentParser(prog="python3 -m tools.hbserver", description=__doc__.split("\n\n")[0],
+                                 epilog="See docs/SERVER.md for the offline rule, probes and output.")
+    a = ap.add_argument
+    a("--host", default=d.host, help="address to listen on (default %(default)s, all IPv4)")
+    a("--port", type=_int_in(0, 65535), default=d.port, help="TCP port, 0 = any free (default %(default)s)")
+    a("--tick-ms", type=_int_in(10, 3600000), default=d.tick_ms,
+      help="checker period: every tick each client's missed count goes up by one (default %(default)s)")
+    a("--offline-ticks", type=_int_in(1, 1000000), default=d.offline_ticks,
+      help="missed ticks that make a client offline, the seed's HEART_COUNT (default %(default)s)")
+    a("--no-heart-reply", action="store_true", help="do not answer HEART with HEART (as the seed's server)")
+    a("--probe-ms", type=_int_in(0, 3600000), default=d.probe_ms, help="echo probe period, 0 = off (default 0)")
+    a("--probe-bytes", type=_int_in(1, 65536), default=d.probe_bytes,
+      help="random bytes per probe (default %(default)s)")
+    a("--probe-mode", choices=("framed", "raw"), default=d.probe_mode,
+      help="framed: DATA frames; raw: bare bytes for clients without framing (default %(default)s)")
+    a("--probe-late-ms", type=_int_in(1, 3600000), default=d.probe_late_ms,
+      help="a probe reply later than this counts as late (default %(default)s)")
+    a("--max-clients", type=_int_in(0, 10000000), default=d.max_clients,
+      help="refuse connections beyond this many online clients, 0 = no limit (default 0)")
+    a("--max-payload", type=_int_in(0, 1 << 24), default=d.max_payload,
+      help="largest DATA payload accepted (default %(default)s)")
+    a("--header-timeout-ms", type=_int_in(1, 3600000), default=d.header_timeout_ms,
+      help="drop a client holding a partial frame longer than this (default %(default)s)")
+    a("--summary-ms", type=_int_in(0, 3600000), default=d.summary_ms,
+      help="summary line period, 0 = none (default %(default)s)")
+    a("--backlog", type=_int_in(1, 65535), default=d.backlog, help="listen backlog (default %(default)s)")
+    a("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop (default asyncio)")
+    a("--json", action="store_true", help="print events as JSON lines")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quiet", action="store_true",
+                   help="print only listening, summary and stopped lines")
+    g.add_argument("--verbose", action="store_true", help="also print per-frame events (beat, data, probe_ok)")
+    return ap
+
+
+QUIET_EVENTS = ("listening", "summary", "stopped")
+
+
+def make_printer(loop, as_json, quiet, out=sys.stdout):
+    """An on_event hook printing event lines (docs/EVENTS.md); the text form is the firmware's own
+    formatter, so every program's lines are one format family."""
+    def clock():
+        return int(loop.time() * 1000 + 0.5)
+
+    def write(line):
+        out.write(line + "\n")
+        out.flush()
+
+    text = Events(write=write, clock=clock)
+
+    def on_event(name, f):
+        if quiet and name not in QUIET_EVENTS:
+            return
+        if as_json:
+            write(json.dumps({"t": clock(), "ev": name, **f}, separators=(",", ":")))
+        else:
+            kv = []
+            for k, v in f.items():
+                kv.append(k)
+                kv.append(v)
+            text.emit(name, *kv)
+    return on_event
+
+
+def raise_fd_limit():
+    # Every client is a descriptor; the usual soft limit of 1024 would cap a fleet far below the target.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+async def serve(config, as_json=False, quiet=False):
+    """Run until SIGINT or SIGTERM; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    server = HeartbeatServer(config, on_event=make_printer(loop, as_json, quiet))
+    try:
+        await server.start()
+    except OSError as e:
+        print("hbserver: cannot listen on %s:%d: %s" % (config.host, config.port, e.strerror or e),
+              file=sys.stderr)
+        return 1
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+    return 0
+
+
+def loop_factory(name):
+    if name == "uvloop":
+        import uvloop  # checked importable by main()
+        return uvloop.new_event_loop
+    return None
+
+
+def main(argv=None):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.loop == "uvloop":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            ap.error("--loop uvloop: uvloop is not installed (pip install uvloop), or use --loop asyncio")
+    config = ServerConfig(
+        host=args.host, port=args.port, tick_ms=args.tick_ms, offline_ticks=args.offline_ticks,
+        heart_reply=not args.no_heart_reply, probe_ms=args.probe_ms, probe_bytes=args.probe_bytes,
+        probe_mode=args.probe_mode, probe_late_ms=args.probe_late_ms, max_clients=args.max_clients,
+        max_payload=args.max_payload, header_timeout_ms=args.header_timeout_ms, summary_ms=args.summary_ms,
+        verbose=args.verbose, backlog=args.backlog)
+    try:
+        config.validate()
+    except ValueError as e:
+        ap.error(str(e))
+    try:
+        socket.getaddrinfo(args.host, None)
+    except OSError as e:
+        ap.error("--host %s: cannot resolve (%s)" % (args.host, e))
+    raise_fd_limit()
+    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+        return runner.run(serve(config, args.json, args.quiet))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
