@@ -238,6 +238,7 @@ class Client:
                 await self._tx_idle.wait()
             self._hold_tx()
         net = self.net
+        link = self.link
         try:
             while n > 0:
                 k = net.try_write(sock, buf, off, n)
@@ -246,8 +247,9 @@ class Client:
                 else:
                     off += k
                     n -= k
+                    link.tx_blocked(ticks_ms())  # progress: the peer is reading, slowly
         finally:
-            self.link.tx_unblocked()
+            link.tx_unblocked(ticks_ms())
             self._tx_busy = False
             self._tx_idle.set()
 

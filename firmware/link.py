@@ -52,13 +52,19 @@ class Link:
         return ticks_diff(now, self.last_rx)
 
     def silent(self, now):
-        return self.watching() and ticks_diff(now, self.last_rx) >= self.limit_ms
+        # Not judged while our own writes are blocked: the receiver is then waiting to write, not
+        # reading, so the peer's bytes sit unread in the socket. The stall rule covers that time.
+        return self.watching() and self.tx_blocked_at == NEVER and ticks_diff(now, self.last_rx) >= self.limit_ms
 
     def tx_blocked(self, now):
+        # Also called on each bit of progress: a slow reader is not a stalled one.
         self.tx_blocked_at = now
 
-    def tx_unblocked(self):
+    def tx_unblocked(self, now):
         self.tx_blocked_at = NEVER
+        # Reading resumes now; time spent not reading is not the peer's silence.
+        if ticks_diff(now, self.last_rx) > 0:
+            self.last_rx = now
 
     def stalled(self, now):
         # A peer that stops reading leaves our writes blocked forever; on boards without TCP
@@ -72,7 +78,7 @@ class Link:
         wait = self.limit_ms
         if beating:
             wait = ticks_diff(self.next_beat, now)
-        if self.watching():
+        if self.watching() and self.tx_blocked_at == NEVER:
             w = self.limit_ms - ticks_diff(now, self.last_rx)
             if w < wait:
                 wait = w

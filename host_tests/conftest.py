@@ -10,3 +10,11 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)  # host_tests/shim and helper modules
 
 import tools._firmware  # noqa: E402,F401  (puts firmware/ on sys.path)
+
+
+# --- issue 4, fault matrix: regenerate docs/FAULTS.md when fault tests recorded figures (host_tests/faultrec.py)
+def pytest_sessionfinish(session, exitstatus):
+    import faultrec
+
+    faultrec.write_table_if_recorded()
+# --- end fault matrix hook

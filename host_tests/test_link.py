@@ -39,7 +39,7 @@ def test_stall_is_judged_from_when_writes_blocked():
     assert not lk.stalled(10_000)
     lk.tx_blocked(500)
     assert not lk.stalled(799) and lk.stalled(800)
-    lk.tx_unblocked()
+    lk.tx_unblocked(900)
     assert not lk.stalled(5000)
     off = Link(100, peer_timeout="off")
     off.tx_blocked(0)
@@ -93,3 +93,24 @@ def test_backoff_resets_only_after_a_connection_that_lasted():
     lk.up(100)
     lk.down(1100)
     assert lk.failures == 0
+
+
+def test_silence_is_not_judged_while_our_writes_are_blocked():
+    # The receiver waits to write and reads nothing meanwhile: the peer's bytes sit unread.
+    lk = Link(100, peer_timeout="auto", peer_miss=3)
+    lk.up(0)
+    lk.received(0)
+    lk.tx_blocked(100)
+    assert not lk.silent(5000)
+    assert lk.wait_ms(200, beating=False) == 200  # only the stall deadline counts: 100 + 300 - 200
+    lk.tx_unblocked(5000)
+    assert not lk.silent(5299) and lk.silent(5300)  # the silence clock restarts when reading resumes
+
+
+def test_write_progress_keeps_a_slow_reader_from_counting_as_stalled():
+    lk = Link(100, peer_miss=3)
+    lk.up(0)
+    for t in range(0, 3000, 200):  # a byte gets through every 200 ms: < 300 ms limit
+        lk.tx_blocked(t)
+        assert not lk.stalled(t + 299)
+    assert lk.stalled(2800 + 300)
