@@ -11,6 +11,7 @@ import os
 import pytest
 
 import compat
+import frames
 import protocol
 from client import Client
 from config import Config
@@ -58,19 +59,10 @@ class Harness:
 
 
 def frames_of(data, max_payload=1024):
-    """Decode what the client wrote; any protocol error fails the test (a torn or interleaved frame)."""
-    dec = protocol.Decoder(max_payload)
-    out = []
-    pos = 0
-    while pos < len(data):
-        pos = dec.feed(data, pos, len(data))
-        assert dec.event != protocol.ERROR, "client wrote a broken stream at %d: %s" % (pos, dec.error_reason)
-        if dec.event == protocol.FRAME_IN_PLACE:
-            s = dec.start + 8
-            out.append((dec.type, bytes(data[s : s + dec.length])))
-        elif dec.event == protocol.FRAME_ASSEMBLED:
-            out.append((dec.type, bytes(dec.frame[8 : 8 + dec.length])))
-    assert dec.have == 0, "client wrote a partial frame"
+    """What the client wrote, as frames; a torn, interleaved or partial frame fails the test."""
+    out, err, leftover = frames.decode(bytes(data), max_payload)
+    assert err is None, "client wrote a broken stream: %s" % (err,)
+    assert leftover == 0, "client wrote a partial frame"
     return out
 
 

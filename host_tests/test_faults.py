@@ -12,6 +12,7 @@ import time
 import pytest
 
 import faultrec
+from frames import decode
 import protocol
 from faultkit import TOL_MS, HarnessProc, SocketServer
 from fwproc import FwProc, runtime  # noqa: F401  (the runtime fixture: cpython and micropython)
@@ -28,23 +29,6 @@ def free_port():
 
 def ms(seconds):
     return int(round(seconds * 1000))
-
-
-def decode_stream(data, max_payload=1024):
-    """(frames, error, leftover) of a byte stream, with the firmware's own decoder."""
-    dec = protocol.Decoder(max_payload)
-    out = []
-    pos = 0
-    while pos < len(data):
-        pos = dec.feed(data, pos, len(data))
-        if dec.event == protocol.ERROR:
-            return out, (dec.error_field, dec.error_reason), len(data) - pos
-        if dec.event == protocol.FRAME_IN_PLACE:
-            s = dec.start + 8
-            out.append((dec.type, bytes(data[s : s + dec.length])))
-        elif dec.event == protocol.FRAME_ASSEMBLED:
-            out.append((dec.type, bytes(dec.frame[8 : 8 + dec.length])))
-    return out, None, dec.have
 
 
 # -- row 1: server absent at boot --------------------------------------------------------------
@@ -180,7 +164,7 @@ def test_row5_slow_and_partial_io(runtime):
             need = sum(8 + len(p) for p in payloads)
             frames = []
             while time.monotonic() < deadline:
-                frames, err, _ = decode_stream(bytes(got))
+                frames, err, _ = decode(bytes(got))
                 assert err is None, "client wrote a broken stream: %s" % (err,)
                 if sum(8 + len(p) for t, p in frames if t == DATA) >= need:
                     break
@@ -274,7 +258,7 @@ def test_row6_malformed_input(runtime):
             baseline = int(base.fields["heap"])
             for case, bad, expected in MALFORMED:
                 rest = cycle(conn, bad, expected is None)  # the cut frame is followed by a FIN
-                frames, err, leftover = decode_stream(rest)
+                frames, err, leftover = decode(rest)
                 if expected is not None:
                     pe = fw.wait_event("protocol_error", timeout=10)
                     got_reason = (pe.fields["field"], pe.fields["reason"])

@@ -20,6 +20,7 @@ import random
 import time
 
 import faultrec
+import frames
 import protocol
 from shim import vloop
 from shim.fakenet import HANG, REFUSE, FakeConn, FakeNet
@@ -34,18 +35,7 @@ MAX_PAYLOAD = 1024
 
 
 def decode(data):
-    dec = protocol.Decoder(MAX_PAYLOAD)
-    out, pos = [], 0
-    while pos < len(data):
-        pos = dec.feed(data, pos, len(data))
-        if dec.event == protocol.ERROR:
-            return out, (dec.error_field, dec.error_reason), 0
-        if dec.event == protocol.FRAME_IN_PLACE:
-            s = dec.start + 8
-            out.append((dec.type, bytes(data[s : s + dec.length])))
-        elif dec.event == protocol.FRAME_ASSEMBLED:
-            out.append((dec.type, bytes(dec.frame[8 : 8 + dec.length])))
-    return out, None, dec.have
+    return frames.decode(data, MAX_PAYLOAD)
 
 
 class Record:

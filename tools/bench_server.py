@@ -52,7 +52,7 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=60, help="measured steady-state window (default 60)")
     ap.add_argument("--beat-ms", type=int, default=1000)
     ap.add_argument("--loop", default="asyncio", help="server event loop: asyncio or uvloop")
-    ap.add_argument("--fleet-procs", type=int, default=1)
+    ap.add_argument("--fleet-procs", type=int, default=2, help="fleet worker processes (default 2)")
     ap.add_argument("--probe-ms", type=int, default=10000, help="server echo probe interval per client")
     ap.add_argument("--ramp-s", type=float, default=10.0, help="fleet connects spread over this long")
     args = ap.parse_args(argv)
