@@ -192,7 +192,7 @@ def _mpy_sizes(exe, out):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python3 -m tools.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--mib", type=int, default=64, help="MiB echoed per run (default 64)")
+    ap.add_argument("--mib", type=int, default=256, help="MiB echoed per run (default 256)")
     ap.add_argument("--runtimes", default="micropython,cpython", help="comma-separated (default: both)")
     ap.add_argument("--modes", default="raw,framed", help="comma-separated (default: both)")
     ap.add_argument("--frames", type=int, default=10000, help="frames measured for heap figures (>= 10000)")
