@@ -39,6 +39,7 @@ class LineProc(FwProc):
         self.argv = list(argv)
         self.proc = subprocess.Popen(
             self.argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+            preexec_fn=hostrun.default_sigint,  # stoppable with SIGINT even if we inherited it ignored
         )
         self._reader = threading.Thread(target=self._read, name="lineproc-reader", daemon=True)
         self._reader.start()

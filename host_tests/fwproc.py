@@ -125,7 +125,7 @@ class FwProc:
             ]
             self.proc = subprocess.Popen(
                 argv, cwd=hostrun.FIRMWARE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, bufsize=1,
+                text=True, bufsize=1, preexec_fn=hostrun.default_sigint,
             )
         self._reader = threading.Thread(target=self._read, name="fwproc-reader", daemon=True)
         self._reader.start()

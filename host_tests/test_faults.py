@@ -171,10 +171,10 @@ def test_row5_slow_and_partial_io(runtime):
                 assert not fw.count("protocol_error") and not fw.count("disconnected"), fw.output()
                 time.sleep(0.05)  # polling the reader thread's buffer, bounded by the deadline
             took = time.monotonic() - t0
+            fw.stop()  # first: once the writer below stops, the server really is silent
             stop.set()
             wt.join(timeout=10)
             rt.join(timeout=10)
-            fw.stop()
             stats = [e for e in fw.events if e.name == "stats"]
             data = [p for t, p in frames if t == DATA]
             beats = sum(1 for t, _ in frames if t == HEART)

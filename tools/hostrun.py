@@ -79,10 +79,20 @@ def command(runtime, config_path, board="unix"):
     return runtime_argv(runtime) + [os.path.join(FIRMWARE_DIR, "main.py"), config_path, board_path(board)]
 
 
+def default_sigint():
+    """preexec_fn for children that are stopped with SIGINT.
+
+    A shell without job control starts background commands with SIGINT ignored, and children inherit
+    that; CPython then never raises KeyboardInterrupt, so the firmware could not be stopped cleanly (no
+    final stats). Restoring the default before exec makes SIGINT work however the caller was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(runtime, cfg, board="unix", workdir=None, **popen):
     """Start the firmware as a child process (for tests and tools); returns (Popen, workdir)."""
     workdir = workdir or tempfile.mkdtemp(prefix="hostrun-")
     argv = command(runtime, prepare(cfg, workdir), board)
+    popen.setdefault("preexec_fn", default_sigint)
     popen.setdefault("stdout", subprocess.PIPE)
     popen.setdefault("text", True)
     popen.setdefault("bufsize", 1)
@@ -124,7 +134,7 @@ def main(argv=None):
 
 
 def _run_child(argv_):
-    child = subprocess.Popen(argv_, cwd=FIRMWARE_DIR)
+    child = subprocess.Popen(argv_, cwd=FIRMWARE_DIR, preexec_fn=default_sigint)
 
     def forward(signum, frame):
         # SIGINT becomes KeyboardInterrupt in the firmware, which prints its final stats.
