@@ -233,12 +233,14 @@ class Client:
     async def _send_rest(self, sock, buf, off, n, held=False):
         # Slow path, taken only when the send buffer is full or the other writer is mid-frame.
         # Nothing can slip in between _send_now's partial write and this point: no await between.
+        link = self.link
         if not held:
+            # Only the receiver comes here unheld: from now on it is not reading.
+            link.reading_paused(ticks_ms())
             while self._tx_busy:
                 await self._tx_idle.wait()
             self._hold_tx()
         net = self.net
-        link = self.link
         try:
             while n > 0:
                 k = net.try_write(sock, buf, off, n)
@@ -249,7 +251,9 @@ class Client:
                     n -= k
                     link.tx_blocked(ticks_ms())  # progress: the peer is reading, slowly
         finally:
-            link.tx_unblocked(ticks_ms())
+            link.tx_unblocked()
+            if not held:
+                link.reading_resumed(ticks_ms())
             self._tx_busy = False
             self._tx_idle.set()
 

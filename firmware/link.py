@@ -29,6 +29,7 @@ class Link:
         self.heard = False
         self.next_beat = ticks_add(now, self.beat_ms)
         self.tx_blocked_at = NEVER
+        self.paused_at = NEVER  # the receiver is waiting on a write of its own since then
 
     def received(self, now):
         # Keepalive runs on the last thing *received*: a peer that only reads is not alive for us.
@@ -52,19 +53,25 @@ class Link:
         return ticks_diff(now, self.last_rx)
 
     def silent(self, now):
-        # Not judged while our own writes are blocked: the receiver is then waiting to write, not
-        # reading, so the peer's bytes sit unread in the socket. The stall rule covers that time.
-        return self.watching() and self.tx_blocked_at == NEVER and ticks_diff(now, self.last_rx) >= self.limit_ms
+        # Not judged while the receiver is paused on a write of its own: the peer's bytes then sit
+        # unread in the socket. The stall rule covers that time.
+        return self.watching() and self.paused_at == NEVER and ticks_diff(now, self.last_rx) >= self.limit_ms
+
+    def reading_paused(self, now):
+        self.paused_at = now
+
+    def reading_resumed(self, now):
+        # Time spent not reading is not the peer's silence: the silence clock skips exactly that span.
+        if self.paused_at != NEVER:
+            self.last_rx = ticks_add(self.last_rx, ticks_diff(now, self.paused_at))
+            self.paused_at = NEVER
 
     def tx_blocked(self, now):
         # Also called on each bit of progress: a slow reader is not a stalled one.
         self.tx_blocked_at = now
 
-    def tx_unblocked(self, now):
+    def tx_unblocked(self):
         self.tx_blocked_at = NEVER
-        # Reading resumes now; time spent not reading is not the peer's silence.
-        if ticks_diff(now, self.last_rx) > 0:
-            self.last_rx = now
 
     def stalled(self, now):
         # A peer that stops reading leaves our writes blocked forever; on boards without TCP
@@ -78,7 +85,7 @@ class Link:
         wait = self.limit_ms
         if beating:
             wait = ticks_diff(self.next_beat, now)
-        if self.watching() and self.tx_blocked_at == NEVER:
+        if self.watching() and self.paused_at == NEVER:
             w = self.limit_ms - ticks_diff(now, self.last_rx)
             if w < wait:
                 wait = w

@@ -39,7 +39,7 @@ def test_stall_is_judged_from_when_writes_blocked():
     assert not lk.stalled(10_000)
     lk.tx_blocked(500)
     assert not lk.stalled(799) and lk.stalled(800)
-    lk.tx_unblocked(900)
+    lk.tx_unblocked()
     assert not lk.stalled(5000)
     off = Link(100, peer_timeout="off")
     off.tx_blocked(0)
@@ -95,16 +95,30 @@ def test_backoff_resets_only_after_a_connection_that_lasted():
     assert lk.failures == 0
 
 
-def test_silence_is_not_judged_while_our_writes_are_blocked():
+def test_silence_is_not_judged_while_the_receiver_is_paused_on_its_own_write():
     # The receiver waits to write and reads nothing meanwhile: the peer's bytes sit unread.
     lk = Link(100, peer_timeout="auto", peer_miss=3)
     lk.up(0)
     lk.received(0)
+    lk.reading_paused(100)
     lk.tx_blocked(100)
     assert not lk.silent(5000)
     assert lk.wait_ms(200, beating=False) == 200  # only the stall deadline counts: 100 + 300 - 200
-    lk.tx_unblocked(5000)
-    assert not lk.silent(5299) and lk.silent(5300)  # the silence clock restarts when reading resumes
+    lk.tx_unblocked()
+    lk.reading_resumed(5000)
+    # The silence clock skips the 4900 ms spent not reading: 100 ms of silence were already counted.
+    assert not lk.silent(5199) and lk.silent(5200)
+
+
+def test_our_own_writes_do_not_reset_the_silence_clock():
+    # A beat that needs several write calls must not count as hearing from the peer.
+    lk = Link(100, peer_timeout="auto", peer_miss=3)
+    lk.up(0)
+    lk.received(0)
+    for t in (100, 200):
+        lk.tx_blocked(t)
+        lk.tx_unblocked()
+    assert lk.silent(300)
 
 
 def test_write_progress_keeps_a_slow_reader_from_counting_as_stalled():

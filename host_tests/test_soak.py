@@ -251,6 +251,9 @@ def test_row8_soak_24h_virtual_clock_with_random_faults():
     check(totals["echoed_bytes"] <= st.bytes_echoed <= totals["received_bytes"], "bytes_echoed")
     check(st.hearts_received <= totals["hearts"], "hearts_received %d > %d" % (st.hearts_received, totals["hearts"]))
     check(not net.open_sockets(), "sockets left open: %r" % net.open_sockets())
+    # Each connection lives 4 minutes on average before its fault, so 24 h holds about 360 of them. Far
+    # fewer means a fault went unnoticed and a connection hung on for hours: a detector is broken.
+    check(len(connected) >= 200, "only %d connections in 24 h: some fault went undetected" % len(connected))
     worst = max(totals["silence_detect"], default=0)
     check(worst <= LIMIT_S + 1.0 + 1e-6, "silence detected after %.3f s" % worst)  # +1 s: the test's 1 s poll
     ok = not violations
