@@ -12,7 +12,7 @@ import threading
 import time
 
 from fwproc import FwProc
-from scripted_server import Conn, ScriptedServer
+from scripted_server import ScriptedServer
 from tools import hostrun
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -24,6 +24,8 @@ import time
 
 import pytest
 
+from tiers import skip_or_fail
+
 from tools import hostrun
 
 RUNTIMES = ("cpython", "micropython")
@@ -88,9 +90,7 @@ def require_runtime(runtime):
     ok, why = micropython_status()
     if ok:
         return
-    if os.environ.get("HB_REQUIRE_MICROPYTHON"):
-        pytest.fail("HB_REQUIRE_MICROPYTHON is set but MicroPython is unavailable: %s" % why, pytrace=False)
-    pytest.skip("MicroPython unavailable: %s" % why)
+    skip_or_fail("HB_REQUIRE_MICROPYTHON", "MicroPython", why)
 
 
 @pytest.fixture(params=RUNTIMES)

@@ -23,7 +23,8 @@ import socket
 import subprocess
 import threading
 
-import pytest
+
+from tiers import skip_or_fail
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
@@ -73,9 +74,7 @@ def require_netns():
     ok, why = netns_status()
     if ok:
         return
-    if os.environ.get("HB_REQUIRE_NETNS"):
-        pytest.fail("HB_REQUIRE_NETNS is set but network namespaces are unavailable: %s" % why, pytrace=False)
-    pytest.skip("network namespaces unavailable: %s" % why)
+    skip_or_fail("HB_REQUIRE_NETNS", "network namespaces", why)
 
 
 def _libc():

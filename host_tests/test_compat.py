@@ -1,7 +1,6 @@
 """The CPython side of the runtime seam (the MicroPython side runs in the loopback tier)."""
 import socket
 
-import pytest
 
 import compat
 

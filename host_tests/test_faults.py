@@ -13,7 +13,6 @@ import pytest
 
 import faultrec
 from frames import decode
-import protocol
 from faultkit import TOL_MS, HarnessProc, SocketServer
 from fwproc import FwProc, runtime  # noqa: F401  (the runtime fixture: cpython and micropython)
 from scripted_server import DATA, HEART, ScriptedServer, frame

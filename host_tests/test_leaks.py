@@ -4,7 +4,6 @@ on MicroPython, heap in use after gc.collect() must stay flat; the harness (fwha
 inside the firmware process at every 1,000th disconnect."""
 import time
 
-import pytest
 
 import faultrec
 from faultkit import CloseAtOnceServer, HarnessProc

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tiers import skip_or_fail
+
 from tools import mpbin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,9 +34,7 @@ def test_finds_a_working_binary(monkeypatch):
     try:
         argv = mpbin.micropython_argv()
     except mpbin.MpbinError as e:
-        if os.environ.get("HB_REQUIRE_MICROPYTHON"):
-            pytest.fail("HB_REQUIRE_MICROPYTHON is set but no MicroPython: %s" % e, pytrace=False)
-        pytest.skip("no MicroPython here: %s" % e)
+        skip_or_fail("HB_REQUIRE_MICROPYTHON", "MicroPython", e)
     assert isinstance(argv, list) and argv
     out = subprocess.run(argv + ["-c", "print(1+1)"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr

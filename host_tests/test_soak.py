@@ -24,7 +24,7 @@ import frames
 import protocol
 from shim import vloop
 from shim.fakenet import HANG, REFUSE, FakeConn, FakeNet
-from test_client import Harness, frames_of  # noqa: F401  (the Harness drives the real Client)
+from test_client import Harness  # the Harness drives the real Client
 
 SEED = int(os.environ.get("HB_SOAK_SEED", "20240604"))
 HOURS = 24
