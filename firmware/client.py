@@ -206,17 +206,25 @@ class Client:
                     # Mid-frame or backed up: a beat now would land inside a frame or only queue.
                     self.stats.beats_skipped += 1
                 else:
-                    k = self.net.try_write(sock, beat, 0, HEADER_SIZE)
+                    try:
+                        k = self.net.try_write(sock, beat, 0, HEADER_SIZE)
+                    except OSError as e:  # the beat found the connection broken before a read did
+                        self._abort(R_RESET, compat.errno_name(e))
+                        return
                     if k < HEADER_SIZE:
                         self._hold_tx()  # before anything else can write: the beat must finish first
-                        self._beat_task = compat.create_task(
-                            self._send_rest(sock, beat, k, HEADER_SIZE - k, True)
-                        )
+                        self._beat_task = compat.create_task(self._finish_beat(sock, k))
                     self.stats.beats_sent += 1
                     if ev.verbose:
                         ev.emit("beat", "n", self.stats.beats_sent)
                 link.beat_sent(now)
             await sleep_ms(link.wait_ms(ticks_ms(), framed))
+
+    async def _finish_beat(self, sock, sent):
+        try:
+            await self._send_rest(sock, self.beat, sent, HEADER_SIZE - sent, True)
+        except OSError as e:
+            self._abort(R_RESET, compat.errno_name(e))
 
     # -- writing: both tasks write, never interleaving two frames ------------------------------
     def _send_now(self, sock, buf, off, n):

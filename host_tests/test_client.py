@@ -408,3 +408,22 @@ def test_raw_mode_auto_does_not_drop_an_idle_server():
         assert h.events("disconnected") == []
 
     vloop.run(main())
+
+
+@pytest.mark.parametrize("partial", [False, True])
+def test_a_beat_that_meets_a_broken_connection_ends_the_session_with_its_errno(partial):
+    async def main():
+        conn = FakeConn(write_max=3 if partial else 1 << 20)
+        h = Harness(FakeNet([conn, FakeConn()]), beat_ms=100, peer_timeout="off")
+        h.start()
+        await h.wait_event("connected")
+        if partial:
+            conn.block_writes()  # the first beat goes out in part and waits in the background
+            await conn.wait_tx(0)
+            await asyncio.sleep(0.15)
+        conn.fail_writes()
+        d = await h.wait_event("disconnected")
+        assert (d[2]["reason"], d[2]["detail"]) == ("reset", "EPIPE")
+        await h.wait_event("connected", 2)  # and the loop goes on
+
+    vloop.run(main())

@@ -41,6 +41,7 @@ class FakeConn:
         self.rx = deque()  # what the client will read: bytes, _EOF or an OSError instance
         self.tx = bytearray()  # everything the client wrote
         self.write_blocked = False
+        self.write_error = None  # an OSError every write raises, once set
         self.sock = None
         self.readable = asyncio.Event()
         self.writable = asyncio.Event()
@@ -69,6 +70,11 @@ class FakeConn:
     def unblock_writes(self):
         self.write_blocked = False
         self.writable.set()
+
+    def fail_writes(self, code=errno.EPIPE):
+        """Every write from now on raises, as on a connection the peer has reset."""
+        self.write_error = OSError(code, errno.errorcode[code])
+        self.writable.set()  # a blocked writer wakes up and meets the error
 
     async def wait_tx(self, nbytes):
         """Until the client has written at least nbytes in all (virtual time passes meanwhile)."""
@@ -165,6 +171,8 @@ class FakeNet:
         if sock.closed:
             raise OSError(errno.EBADF, "closed")
         conn = sock.conn
+        if conn.write_error is not None:
+            raise conn.write_error
         if conn.write_blocked:
             return 0
         k = min(n, conn.write_max)
