@@ -16,8 +16,9 @@ import queue
 import signal
 import subprocess
 import sys
-import threading
 import time
+
+from tools._lines import follow
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -40,12 +41,6 @@ def rss_bytes(pid):
     return 0
 
 
-def pump(stream, q, tag):
-    for line in stream:
-        q.put((tag, line.rstrip("\n")))
-    q.put((tag, None))
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python3 -m tools.bench_server", description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, default=10000)
@@ -66,7 +61,7 @@ def main(argv=None):
          "--probe-ms", str(args.probe_ms), "--loop", args.loop, "--quiet"],
         stdout=subprocess.PIPE, text=True,
     )
-    threading.Thread(target=pump, args=(server.stdout, q, "server"), daemon=True).start()
+    follow("server", server.stdout, q)
     port = None
     deadline = time.monotonic() + 20
     while port is None and time.monotonic() < deadline:
@@ -92,7 +87,7 @@ def main(argv=None):
          "--procs", str(args.fleet_procs), "--ramp-s", str(args.ramp_s)],
         stdout=subprocess.PIPE, text=True,
     )
-    threading.Thread(target=pump, args=(fleet.stdout, q, "fleet"), daemon=True).start()
+    follow("fleet", fleet.stdout, q)
 
     summaries = []
     false_offline = 0

@@ -17,13 +17,8 @@ import tempfile
 import threading
 import time
 
+from tools._lines import follow
 from tools import hostrun
-
-
-def pump(name, stream, q):
-    for line in stream:
-        q.put((name, line.rstrip("\n")))
-    q.put((name, None))
 
 
 def main(argv=None):
@@ -43,7 +38,7 @@ def main(argv=None):
          "--tick-ms", str(args.beat_ms), "--probe-ms", str(args.probe_ms), "--summary-ms", "5000"],
         stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
-    threading.Thread(target=pump, args=("server", server.stdout, q), daemon=True).start()
+    follow("server", server.stdout, q)
     port = None
     deadline = time.monotonic() + 15
     while port is None:
@@ -67,7 +62,7 @@ def main(argv=None):
         server.terminate()
         print("demo: %s" % e, file=sys.stderr)
         return 3
-    threading.Thread(target=pump, args=("device", device.stdout, q), daemon=True).start()
+    follow("device", device.stdout, q)
 
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *a: stop.set())
