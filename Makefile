@@ -1,7 +1,7 @@
 # Build, test and provisioning entry points (GNU make). `make` alone lists the targets.
 #
 # Everything host-side lives in .venv (created from requirements-dev.txt, redone only when that file
-# changes) and .cache/ (the MicroPython unix binary, see tools/mpbin.py). Nothing is installed system-wide.
+# changes) and .cache/ (the MicroPython unix binary, see tools/build/mpbin.py). Nothing is installed system-wide.
 
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
@@ -27,7 +27,7 @@ $(DEPS_STAMP): requirements-dev.txt
 	touch $@
 
 setup: $(DEPS_STAMP) ## create .venv with the pinned tools and provision the MicroPython unix binary
-	$(PY) -m tools.mpbin --check
+	$(PY) -m tools.build.mpbin --check
 
 # HB_REQUIRE_MICROPYTHON makes the MicroPython-tier tests fail instead of skip when the binary is missing.
 test: export HB_REQUIRE_MICROPYTHON = 1
@@ -35,7 +35,7 @@ test: setup typecheck ## run the host tests (CPython and MicroPython tiers, mpy-
 	$(PY) -m pytest -q host_tests
 
 mpy: $(DEPS_STAMP) ## compile firmware/*.py into build/mpy/<arch>/ for every board architecture
-	$(PY) -m tools.mpycompile --out build/mpy
+	$(PY) -m tools.build.mpycompile --out build/mpy
 
 # One stub directory per port: the two stub packages ship files with the same names, so they cannot
 # share a site-packages. The versions come from the pins in requirements-dev.txt.
@@ -46,7 +46,7 @@ $(STUBS)/%/.stamp: requirements-dev.txt $(DEPS_STAMP)
 	touch $@
 
 typecheck: $(DEPS_STAMP) $(foreach p,$(STUB_PORTS),$(STUBS)/$(p)/.stamp) ## mypy firmware/ against the esp32 and the rp2 stubs
-	$(PY) -m tools.typecheck $(STUB_PORTS)
+	$(PY) -m tools.build.typecheck $(STUB_PORTS)
 
 run: $(DEPS_STAMP) ## run the demo (tools/demo.py)
 	$(PY) -m tools.demo

@@ -2,8 +2,8 @@
 # it; on the host, tools.hostrun runs `<python> main.py CONFIG BOARD` with firmware/ as the current
 # module path.
 import sys
-import compat
-from config import ConfigError, load
+from hbkeep import compat
+from hbkeep.config import ConfigError, load
 
 
 def main(config_path="config.json", board_path="board.json"):
@@ -16,7 +16,7 @@ def main(config_path="config.json", board_path="board.json"):
     except (OSError, ValueError) as e:
         compat.write_line("%s board_error path=%s error=%s" % (compat.ticks_ms(), board_path, e))
         return 2
-    from client import Client  # imported after the config is known good: less heap on a failed start
+    from hbkeep.client import Client  # imported after the config is known good: less heap on a failed start
 
     net = compat.Net()
     client = Client(cfg, board, net)
@@ -31,7 +31,7 @@ def main(config_path="config.json", board_path="board.json"):
 async def _board_services(client, cfg, board):
     # Wi-Fi and the watchdog exist only on boards; the unix board table turns both off.
     if board.get("wifi") and cfg.wifi_ssid:
-        import wifi
+        from hbkeep import wifi
 
         station = wifi.Station(cfg, board, client.ev)
         client.net.link_up = station.up  # no DNS or connect while the station has no IP

@@ -9,7 +9,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)  # host_tests/shim and helper modules
 
-import tools._firmware  # noqa: E402,F401  (puts firmware/ on sys.path)
 
 
 # --- issue 4, fault matrix: regenerate docs/FAULTS.md when fault tests recorded figures (host_tests/faultrec.py)

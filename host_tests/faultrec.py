@@ -3,7 +3,7 @@
     faultrec.record(row=1, case="server absent at boot", runtime="micropython",
                     expected="<= 100 ms retry + 250 ms tolerance", measured="12 ms", ok=True)
 
-Records are appended to build/faults/results.jsonl; tools/faulttable.py turns them into docs/FAULTS.md
+Records are appended to build/faults/results.jsonl; tools/build/faulttable.py turns them into docs/FAULTS.md
 (the newest record for each row/case/runtime wins, so running a subset of the tests updates its rows and
 keeps the others). Tests record *before* asserting, so a figure outside its bound shows up in the table as
 FAIL instead of vanishing with the failed test.
@@ -35,6 +35,6 @@ def write_table_if_recorded():
     """Called from the session-finish hook in conftest.py: regenerate docs/FAULTS.md."""
     if not _recorded:
         return
-    from tools import faulttable
+    from tools.build import faulttable
 
     faulttable.write(RESULTS, TABLE)

@@ -1,5 +1,5 @@
 """Decode a whole captured byte stream into frames, with the firmware's own decoder (for assertions)."""
-import protocol
+from firmware.hbkeep import protocol
 
 
 def decode(data, max_payload=1024):

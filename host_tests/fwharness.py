@@ -17,10 +17,10 @@ sys.path.insert(0, sys.argv[1])
 
 import os  # noqa: E402
 
-import compat  # noqa: E402
-from config import load  # noqa: E402
-from client import Client  # noqa: E402
-from events import Events  # noqa: E402
+from hbkeep import compat  # noqa: E402
+from hbkeep.config import load  # noqa: E402
+from hbkeep.client import Client  # noqa: E402
+from hbkeep.events import Events  # noqa: E402
 
 
 def open_fds():

@@ -64,7 +64,7 @@ def micropython_status():
         try:
             argv = hostrun.runtime_argv("micropython")
         except ImportError as e:
-            _mp_status = (False, "tools.mpbin is not importable: %s" % e)
+            _mp_status = (False, "tools.build.mpbin is not importable: %s" % e)
         except (RuntimeError, OSError) as e:
             _mp_status = (False, "no MicroPython binary: %s" % e)
         else:

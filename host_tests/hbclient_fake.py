@@ -10,9 +10,8 @@ Everything here waits on asyncio events with deadlines; nothing sleeps to synchr
 import asyncio
 import struct
 
-import tools._firmware  # noqa: F401  (firmware modules on sys.path)
-import protocol
-from protocol import DATA, ERROR, FRAME_ASSEMBLED, FRAME_IN_PLACE, HEADER_SIZE, HEART
+from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol import DATA, ERROR, FRAME_ASSEMBLED, FRAME_IN_PLACE, HEADER_SIZE, HEART
 
 WAIT = 10.0  # seconds: any single wait that must succeed; generous for a loaded CI machine
 

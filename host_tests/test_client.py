@@ -10,15 +10,15 @@ import os
 
 import pytest
 
-import compat
+from firmware.hbkeep import compat
 import frames
-import protocol
-from client import Client
-from config import Config
-from events import Events
+from firmware.hbkeep import protocol
+from firmware.hbkeep.client import Client
+from firmware.hbkeep.config import Config
+from firmware.hbkeep.events import Events
 from shim.fakenet import HANG, REFUSE, REFUSE_NOW, FakeConn, FakeNet
 from shim import vloop
-from tools._firmware import BOARDS_DIR
+from tools.paths import BOARDS_DIR
 
 HEART_BYTES = protocol.encode(protocol.HEART)
 

@@ -2,7 +2,7 @@
 import socket
 
 
-import compat
+from firmware.hbkeep import compat
 
 
 def test_upcase_is_c_toupper_in_the_c_locale():

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from config import SPEC, Config, ConfigError, load
+from firmware.hbkeep.config import SPEC, Config, ConfigError, load
 
 
 def test_defaults_are_the_seeds():
@@ -83,7 +83,7 @@ def test_truncated_documents_are_caught_before_json(text, ok, tmp_path):
     p = tmp_path / "c.json"
     p.write_text(text)
     if ok:
-        from config import _balanced
+        from firmware.hbkeep.config import _balanced
 
         assert _balanced(text)
     else:

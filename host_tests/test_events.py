@@ -1,5 +1,5 @@
 """Event lines: the documented format, parseable back."""
-from events import Events, Stats
+from firmware.hbkeep.events import Events, Stats
 
 
 def test_line_format_and_values_without_spaces():

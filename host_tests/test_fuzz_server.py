@@ -11,7 +11,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-import protocol
+from firmware.hbkeep import protocol
 
 hbserver = pytest.importorskip("tools.hbserver")
 

@@ -20,11 +20,11 @@ from hypothesis import strategies as st
 
 from hbclient_fake import WAIT, EventLog, FakeClient, header, upper
 from tools import hbserver
-from tools.hbprobe import Histogram, Probe, make_payload, match_raw
+from tools.hbserver.probe import Histogram, Probe, make_payload, match_raw
 from tools.hbserver import HeartbeatServer
 
-import protocol
-from protocol import DATA, HEART
+from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol import DATA, HEART
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_DEADLINE = 60.0  # a whole test; far above what any takes, only so that a hang fails instead
@@ -480,7 +480,7 @@ def test_histogram_percentiles_are_within_three_percent(values_us, q):
 def test_ticks_crowded_together_cannot_make_an_offline_early():
     # Driven by hand, without a loop: a late tick followed closely by on-time ones brings `missed` to K
     # before (K - 1) ticks of time have passed; the time guard must hold the client until they have.
-    from tools.hbconn import ONLINE, Conn
+    from tools.hbserver.conn import ONLINE, Conn
 
     log = EventLog()
     srv = HeartbeatServer(on_event=log, tick_ms=1000, offline_ticks=3)

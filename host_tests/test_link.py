@@ -1,7 +1,7 @@
 """The link's decisions, with plain integers for time: no clock, no sockets."""
 import pytest
 
-from link import Link
+from firmware.hbkeep.link import Link
 
 
 def test_beats_every_beat_ms_and_never_bursts_after_a_stall():

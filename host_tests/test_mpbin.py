@@ -1,4 +1,4 @@
-"""tools.mpbin: the MicroPython unix binary is found (or fetched) and runs; MICROPYTHON overrides."""
+"""tools.build.mpbin: the MicroPython unix binary is found (or fetched) and runs; MICROPYTHON overrides."""
 import os
 import shlex
 import stat
@@ -9,14 +9,14 @@ import pytest
 
 from tiers import skip_or_fail
 
-from tools import mpbin
+from tools.build import mpbin
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_cli(args, env_updates):
     env = dict(os.environ, **env_updates)
-    return subprocess.run([sys.executable, "-m", "tools.mpbin"] + args, cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "tools.build.mpbin"] + args, cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

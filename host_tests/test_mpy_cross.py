@@ -8,7 +8,7 @@ import pytest
 
 from tiers import skip_or_fail
 
-from tools import mpycompile
+from tools.build import mpycompile
 
 
 def _need_mpy_cross():

@@ -4,8 +4,8 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import protocol
-from protocol import DATA, HEART, Decoder
+from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol import DATA, HEART, Decoder
 
 
 def decode_all(chunks, max_payload=1024):

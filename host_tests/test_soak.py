@@ -21,7 +21,7 @@ import time
 
 import faultrec
 import frames
-import protocol
+from firmware.hbkeep import protocol
 from shim import vloop
 from shim.fakenet import HANG, REFUSE, FakeConn, FakeNet
 from test_client import Harness  # the Harness drives the real Client

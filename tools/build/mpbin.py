@@ -1,8 +1,8 @@
 """Provide the MicroPython unix binary for host tests and tools.
 
-    python3 -m tools.mpbin            # print the command that runs MicroPython (one shell-quoted line)
-    python3 -m tools.mpbin --check    # also run it once and print its version
-    from tools.mpbin import micropython_argv   # -> ['micropython'] or [loader, '--library-path', lib, bin]
+    python3 -m tools.build.mpbin            # print the command that runs MicroPython (one shell-quoted line)
+    python3 -m tools.build.mpbin --check    # also run it once and print its version
+    from tools.build.mpbin import micropython_argv   # -> ['micropython'] or [loader, '--library-path', lib, bin]
 
 Where the binary comes from, first match wins:
 
@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CACHE_DIR = os.path.join(REPO, ".cache", "micropython")
 
 SUITE = "trixie"
@@ -223,7 +223,7 @@ def _prepare_apt_dir(apt_dir, mirror, signed_by, arch):
     if signed_by and not signed_by.lstrip().startswith("-----"):  # a keyring path; inline keys are not copied
         opts += " signed-by=%s" % signed_by
     with open(os.path.join(apt_dir, "sources.list"), "w") as f:
-        f.write("# written by tools/mpbin.py: the machine's own mirror, suite %s\n" % SUITE)
+        f.write("# written by tools/build/mpbin.py: the machine's own mirror, suite %s\n" % SUITE)
         f.write("deb [%s] %s %s main\n" % (opts, mirror, SUITE))
 
 
@@ -339,12 +339,12 @@ def _search(fetch):
         return root_argv()
     if not fetch:
         raise MpbinError("no MicroPython here (not on PATH, no working copy in %s); run "
-                         "`python3 -m tools.mpbin` to fetch it" % root_dir())
+                         "`python3 -m tools.build.mpbin` to fetch it" % root_dir())
     return provision()
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python3 -m tools.mpbin", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python3 -m tools.build.mpbin", description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="run the binary once and print its version")
     ap.add_argument("--no-fetch", action="store_true", help="fail instead of downloading when it is missing")
     args = ap.parse_args(argv)

@@ -1,6 +1,6 @@
 # Event lines and counters. Format (docs/EVENTS.md): "<ms> <event> key=value ...", one line per event.
 # Per-frame things (beats, echoes) are counted here and printed only in verbose mode.
-from compat import ticks_ms, write_line
+from .compat import ticks_ms, write_line
 
 
 class Events:

@@ -1,17 +1,16 @@
 """The heartbeat server itself: configuration, client registry, ticker, probe sweep, summaries.
 
-The command line around it is tools/hbserver.py; one connection's bytes are tools/hbconn.py; probe
-bookkeeping is tools/hbprobe.py. Import HeartbeatServer and ServerConfig from tools.hbserver.
+The command line around it is cli.py; one connection's bytes are conn.py; probe
+bookkeeping is probe.py. Import HeartbeatServer and ServerConfig from tools.hbserver.
 """
 import asyncio
 import random
 from dataclasses import asdict, dataclass
 
-import tools._firmware  # noqa: F401  (firmware modules on sys.path)
-from protocol import Decoder
+from firmware.hbkeep.protocol import Decoder
 
-from tools.hbconn import ONLINE, Conn
-from tools.hbprobe import BAD, LATE, PROBE_WINDOW, ProbeStats
+from tools.hbserver.conn import ONLINE, Conn
+from tools.hbserver.probe import BAD, LATE, PROBE_WINDOW, ProbeStats
 
 READ_BUFFER = 65536  # the one read buffer all connections share
 WRITE_HIGH_WATER = 16384  # per client: above this, HEART replies and probes are skipped (bounded memory)

@@ -2,7 +2,7 @@
 # counts as stalled, how long to wait before the next connect attempt. Times are tick values passed in
 # by the caller; nothing here reads a clock or touches a socket, so every rule is testable in
 # microseconds and replayable on a virtual clock.
-from compat import ticks_add, ticks_diff
+from .compat import ticks_add, ticks_diff
 
 # peer_timeout modes
 AUTO = "auto"  # judge silence only once the server has sent something on this connection

@@ -2,7 +2,7 @@
 
 The firmware's main job is to answer each DATA frame with the same bytes upper-cased (C toupper() in the
 C locale: a-z only). The server checks that by sending probes and comparing the replies here. Nothing in
-this module does I/O; the connection code (tools/hbconn.py) hands it bytes and the loop clock.
+this module does I/O; the connection code (tools/hbserver/conn.py) hands it bytes and the loop clock.
 """
 import math
 

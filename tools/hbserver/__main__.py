@@ -1,0 +1,5 @@
+import sys
+
+from tools.hbserver.cli import main
+
+sys.exit(main())
