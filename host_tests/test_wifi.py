@@ -8,13 +8,13 @@ import pytest
 
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
-from shim import fake_network, vloop
+from support import fake_wlan, vloop
 from tools.paths import BOARDS_DIR
 
 
 @pytest.fixture
 def wifi(monkeypatch):
-    net = fake_network.make_module()
+    net = fake_wlan.make_module()
     monkeypatch.setitem(sys.modules, "network", net)
     monkeypatch.delitem(sys.modules, "wifi", raising=False)
     from firmware.hbkeep import wifi as mod

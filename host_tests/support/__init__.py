@@ -1,0 +1,21 @@
+"""Helpers for the host tests (not tests themselves; the tests are host_tests/test_<module>.py).
+
+Processes and servers on loopback:
+  fwproc           the firmware (firmware/main.py) as a child process; which runtimes run here
+  faultkit         the instrumented firmware as a process, servers for the fault matrix
+  fw_instrumented  the script faultkit runs: the real Client printing heap and descriptor probes
+  scripted_server  a threaded loopback TCP server that a test drives step by step
+  netns            network namespaces joined by a veth pair (root only)
+Doubles, run in-process:
+  client_harness   the real Client on fake_sockets and the virtual clock, its event lines parsed
+  fake_sockets     a scripted network with compat.Net's interface (refusals, hangs, partial I/O)
+  fake_wlan        a stand-in for MicroPython's `network` module (a Wi-Fi station)
+  fake_device      a device on asyncio streams and an event recorder, for tools.hbserver tests
+  vloop            an asyncio loop on a virtual clock
+Data:
+  frames           wire frames built and decoded with firmware.hbkeep.protocol
+  faultrec         the fault matrix's measurements, appended under build/faults/
+  tiers            skip a tier with the reason, or fail it where an HB_REQUIRE_* variable says it must run
+
+Event lines are parsed, and tools.hbserver is started, by tools/eventlines.py (shared with the demo and
+the benchmarks)."""
