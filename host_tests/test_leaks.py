@@ -1,9 +1,8 @@
 """Fault matrix row 7: 10,000 connect/disconnect cycles on the MicroPython unix port (and a
 shorter run on CPython) against a loopback server that accepts and closes at once. Open descriptors and,
-on MicroPython, heap in use after gc.collect() must stay flat; the instrumented firmware (support/fw_instrumented.py) reads both
-inside the firmware process at every 1,000th disconnect."""
+on MicroPython, heap in use after gc.collect() must stay flat; the instrumented firmware
+(support/fw_instrumented.py) reads both inside the firmware process at every 1,000th disconnect."""
 import time
-
 
 from support import faultrec
 from support.faultkit import CloseAtOnceServer, InstrumentedFwProc

@@ -1,6 +1,6 @@
 """Run the firmware's main entry on this machine, on the MicroPython unix port or on CPython.
 
-    python3 -m tools.hostrun --runtime micropython --config examples/local.json --set beat_ms=1000
+    python3 -m tools.hostrun --runtime micropython --config my.json --set beat_ms=1000
 
 The config is validated here first (with the firmware's own validator), so a bad key or value is reported
 before anything starts; --set KEY=VALUE overrides one key (VALUE is read as JSON, else as a string;

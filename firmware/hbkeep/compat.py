@@ -213,10 +213,10 @@ def errno_name(e):
 
 
 class Net:
-    """Real sockets. Tests pass a scripted stand-in with the same methods (host_tests/shim)."""
+    """Real sockets. Tests pass a scripted stand-in with the same methods (host_tests/support/fake_sockets.py)."""
 
     def resolve(self, host, port):
-        # Blocking on every port (PORT_FACTS): the client calls this once and caches the result.
+        # getaddrinfo blocks on every port (docs/PORTS.md): the client calls this once and caches the result.
         ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
         return (ai[0], ai[1], ai[2], ai[-1])
 
@@ -227,7 +227,7 @@ class Net:
 
     def link_up(self):
         # Replaced on boards by the Wi-Fi module's check: resolving or connecting while the station
-        # has no IP only blocks (PORT_FACTS: DNS busy-polls on rp2).
+        # has no IP only blocks (rp2's resolver busy-polls, seconds per DNS server; docs/PORTS.md).
         return True
 
     def addr_str(self, addr):

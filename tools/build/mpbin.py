@@ -37,7 +37,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DEFAULT_CACHE_DIR = os.path.join(REPO, ".cache", "micropython")
 
 SUITE = "trixie"
-# The binary and the shared libraries it loads (see PORT_FACTS.md). `apt-get download` does not follow
+# The binary and the shared libraries it loads (Debian trixie's micropython 1.25 needs these beside glibc
+# 2.38; docs/PORTS.md). `apt-get download` does not follow
 # dependencies, so the set is explicit; a missing library shows up as a loader error in the run check.
 PACKAGES = ("micropython", "libc6", "libffi8", "libmbedcrypto16", "libmbedtls21", "libmbedx509-7")
 # Debian architecture name, multiarch triplet and loader name, per machine architecture.
