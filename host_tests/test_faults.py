@@ -11,7 +11,7 @@ import time
 import pytest
 
 from support import faultrec
-from support.faultkit import TOL_MS, InstrumentedFwProc, SocketServer
+from support.faultkit import TOL_MS, InstrumentedFwProc, SocketServer, ms
 from support.frames import DATA, HEART, decode, frame, header, read_header
 from support.fwproc import FwProc
 from support.scripted_server import ScriptedServer
@@ -23,10 +23,6 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def ms(seconds):
-    return int(round(seconds * 1000))
 
 
 # -- row 1: server absent at boot --------------------------------------------------------------

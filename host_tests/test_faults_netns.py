@@ -9,7 +9,7 @@ import time
 import pytest
 
 from support import faultrec, netns
-from support.faultkit import TOL_MS, InstrumentedFwProc, SocketServer
+from support.faultkit import TOL_MS, InstrumentedFwProc, SocketServer, ms
 from tools.eventlines import HbServerProc
 
 _subnets = iter(range(10, 250))
@@ -23,10 +23,6 @@ def pair():
         yield p
     finally:
         p.close()
-
-
-def ms(seconds):
-    return int(round(seconds * 1000))
 
 
 # -- row 3, application level: beats and the server's offline rule ----------------------------

@@ -22,6 +22,11 @@ INSTRUMENTED = os.path.join(HERE, "fw_instrumented.py")
 TOL_MS = 250
 
 
+def ms(seconds):
+    """Seconds (host clock differences) to whole milliseconds, for the table."""
+    return int(round(seconds * 1000))
+
+
 class InstrumentedFwProc(EventProc):
     """The real firmware Client inside fw_instrumented.py, reporting heap and descriptors at `watch`
     events. `prefix` goes before the command (e.g. `ip netns exec NS`)."""
