@@ -28,7 +28,7 @@ R_STOP = "stop"  # the client was stopped
 
 
 class Client:
-    # Declared for the type checker only (MicroPython compiles a bare annotation to nothing): mypy then
+    # Declared for the type checker only (MicroPython generates no code for a bare annotation): mypy then
     # knows every cfg.<name> read in this class, and a misspelt one fails `make typecheck`.
     cfg: Config
 
