@@ -40,7 +40,9 @@ class Client:
         self.ev = events or Events(verbose=cfg.verbose)
         self.stats = Stats()
         self.framed = cfg.mode == "framed"
-        self.link = Link(cfg.beat_ms, cfg.peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms, self.framed)
+        self.link = Link(
+            cfg.beat_ms, cfg.peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms, beats=self.framed
+        )
         # Buffers allocated once for the life of the client.
         size = cfg.rx_buf
         if self.framed and size < HEADER_SIZE + cfg.max_payload:
