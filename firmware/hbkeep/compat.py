@@ -2,7 +2,8 @@
 #
 # Nothing else in firmware/ looks at sys.implementation. Everything that differs -- clock, sleeping,
 # non-blocking socket calls, waiting for readiness, the fast byte loops, printing -- is decided here
-# once, at import time, so the hot paths elsewhere pay nothing for it.
+# once, at import time, so the hot paths elsewhere pay nothing for it. CPython's side of each of these
+# lives in _cpython.py, which no board loads or ships.
 import sys
 import errno
 

@@ -99,9 +99,9 @@ class Link:
         return ticks_diff(now, self.tx_blocked_at)
 
     def decide(self, now):
-        """What the driver does now: NOTHING, BEAT, SILENT or STALLED, weighed in that order of
-        precedence: a dead link is reported before a beat is spent on it. After NOTHING or BEAT,
-        self.wait holds the ms the driver may sleep before asking again. An int answer plus an int
+        """What the driver does now: SILENT, STALLED, BEAT or NOTHING, weighed in that order, so a
+        dead link is reported before a beat is spent on it. After BEAT or NOTHING, self.wait holds
+        the ms from `now` the driver may sleep before asking again. An int answer plus an int
         attribute rather than a tuple: this runs every beat period and must not allocate on a board."""
         if self.silent(now):
             return SILENT
