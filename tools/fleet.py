@@ -26,6 +26,7 @@ from firmware.hbkeep.config import Config
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.events import Events
 from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol_host import encode
 
 BOARD_PATH = os.path.join(tools.paths.BOARDS_DIR, "unix", "board.json")
 
@@ -94,7 +95,7 @@ def _header(ftype, length):
 async def run_misbehaver(host, port, beat_ms, rng, counter, stop_at):
     """Beats for a while, then sends a header the server must reject; reconnects a second later."""
     loop = asyncio.get_running_loop()
-    heart = protocol.encode(protocol.HEART)
+    heart = encode(protocol.HEART)
     # An unknown type, a negative length, a length far above max_payload.
     bad = [_header(7, 0), _header(protocol.DATA, -1), _header(protocol.DATA, 1 << 30)]
     while loop.time() < stop_at:

@@ -3,11 +3,10 @@
 # lacks an option: esp32 and rp2 print a warning and ignore unknown ones, and on esp32 some raw lwIP
 # numbers land on unrelated options (3, lwIP's TCP_KEEPIDLE, raises TypeError there; 4 silently sets
 # SO_REUSEADDR; docs/PORTS.md).
+from .config import Config
 
-ORDER = ("keepalive", "idle", "intvl", "cnt", "nodelay")
 
-
-def wanted(cfg):
+def wanted(cfg: Config):
     """(option, value) pairs the config asks for, in the seed's order."""
     out = []
     if cfg.keepalive:
@@ -20,7 +19,7 @@ def wanted(cfg):
     return out
 
 
-def apply(net, sock, table, cfg):
+def apply(net, sock, table, cfg: Config):
     """Set what the port has; return (applied, lacking, failed) lists of option names."""
     applied = []
     lacking = []
