@@ -29,7 +29,7 @@ class Client:
     def __init__(self, cfg, board, net=None, events=None):
         self.cfg = cfg
         self.board = board
-        self.net = net or compat.Net()
+        self.net = net or compat.Net(board)
         self.ev = events or Events(verbose=cfg.verbose)
         self.stats = Stats()
         self.framed = cfg.mode == "framed"
@@ -38,7 +38,10 @@ class Client:
         peer_timeout = cfg.peer_timeout
         if not self.framed and peer_timeout == "auto":
             peer_timeout = "off"
-        self.link = Link(cfg.beat_ms, peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms)
+        self.link = Link(
+            cfg.beat_ms, peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms,
+            (board.get("socket") or {}).get("beats_unacked_max"),
+        )
         # Buffers allocated once for the life of the client.
         size = cfg.rx_buf
         if self.framed and size < HEADER_SIZE + cfg.max_payload:
@@ -202,8 +205,9 @@ class Client:
             if framed and link.beat_due(now):
                 # The supervisor itself never waits on a blocked write, or it would stop supervising
                 # exactly when the link is stuck.
-                if self._tx_busy:
-                    # Mid-frame or backed up: a beat now would land inside a frame or only queue.
+                if self._tx_busy or link.beats_held():
+                    # Mid-frame or backed up: a beat now would land inside a frame or only queue. Or the
+                    # port's budget of writes the peer has not answered is spent (rp2: docs/PORTS.md).
                     self.stats.beats_skipped += 1
                 else:
                     try:
@@ -211,6 +215,7 @@ class Client:
                     except OSError as e:  # the beat found the connection broken before a read did
                         self._abort(R_RESET, compat.errno_name(e))
                         return
+                    link.beat_written()
                     if k < HEADER_SIZE:
                         self._hold_tx()  # before anything else can write: the beat must finish first
                         self._beat_task = compat.create_task(self._finish_beat(sock, k))
@@ -291,8 +296,7 @@ class Client:
                 k = self._send_now(sock, buf, 0, n)
                 if k < n:
                     await self._send_rest(sock, buf, k, n - k)
-                st.frames_echoed += 1
-                st.bytes_echoed += n
+                st.echoed(n)
                 if verbose:
                     self.ev.emit("echo", "bytes", n)
             else:
@@ -307,8 +311,7 @@ class Client:
                         if dec.type == DATA:
                             s = dec.start + HEADER_SIZE
                             upcase(buf, s, s + dec.length)
-                            st.frames_echoed += 1
-                            st.bytes_echoed += dec.length
+                            st.echoed(dec.length)
                             if verbose:
                                 self.ev.emit("echo", "bytes", dec.length)
                         else:
@@ -326,8 +329,7 @@ class Client:
                             k = self._send_now(sock, dec.frame, 0, total)
                             if k < total:
                                 await self._send_rest(sock, dec.frame, k, total - k)
-                            st.frames_echoed += 1
-                            st.bytes_echoed += dec.length
+                            st.echoed(dec.length)
                             if verbose:
                                 self.ev.emit("echo", "bytes", dec.length)
                         else:
