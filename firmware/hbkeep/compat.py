@@ -9,6 +9,9 @@ import errno
 MICROPYTHON = sys.implementation.name == "micropython"
 # "esp32", "rp2", "linux"...: which MicroPython port, for the start event; "cpython" on the host.
 RUNTIME = ("micropython-" + sys.platform) if MICROPYTHON else "cpython"
+# Whose socket layer this is: a board table's "socket" answers apply only where its "port" runs (a board
+# table tried on the host still meets the host's sockets).
+PORT = sys.platform
 
 import asyncio  # noqa: E402  (after the runtime test, on purpose)
 import socket  # noqa: E402
@@ -237,7 +240,7 @@ CONNECT_POLL_MS = 20  # between checks of a connect the port still reports in pr
 class LwipNet:
     """Sockets as MicroPython's ports present them (lwIP on boards, the unix port's own): non-blocking
     stream calls, and a non-blocking connect finished by a second connect() whose answer, per port, is in
-    the board table's "socket" section:
+    the board table's "socket" section (used where its "port", a sys.platform name, is the one running):
 
       pending  errnos of the first connect() that mean "started" (EINPROGRESS, EAGAIN)
       isconn   errnos of the second connect() that mean "connected": EISCONN, 127 on esp32 (newlib), 106 on
@@ -251,8 +254,10 @@ class LwipNet:
 
     On the host, tests pass a scripted stand-in with the same methods (host_tests/shim, host_tests/portmodel)."""
 
-    def __init__(self, board=None):
+    def __init__(self, board=None, port=PORT):
         sk = (board or {}).get("socket") or _HOST_SOCKET
+        if sk.get("port") != port:
+            sk = _HOST_SOCKET
         self.pending = tuple(sk.get("pending") or _HOST_SOCKET["pending"])
         self.isconn = tuple(sk.get("isconn") or _HOST_SOCKET["isconn"])
         self.already = tuple(sk.get("already") or _HOST_SOCKET["already"])
