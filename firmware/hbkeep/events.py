@@ -43,16 +43,19 @@ class Stats:
         self.protocol_errors = 0
 
     def echoed(self, nbytes):
-        f = self.frames_echoed + 1
-        if f > SMALL_INT_MAX:
-            f = 0
+        # Compared before adding, so that no intermediate value passes SMALL_INT_MAX either.
+        f = self.frames_echoed
+        if f == SMALL_INT_MAX:
+            self.frames_echoed = 0
             self.frames_echoed_wraps += 1
-        self.frames_echoed = f
-        b = self.bytes_echoed + nbytes  # nbytes < 2^30: past SMALL_INT_MAX only at a wrap, once per GiB
-        if b > SMALL_INT_MAX:
-            b = b - SMALL_INT_MAX - 1
+        else:
+            self.frames_echoed = f + 1
+        room = SMALL_INT_MAX - self.bytes_echoed
+        if nbytes > room:
+            self.bytes_echoed = nbytes - room - 1
             self.bytes_echoed_wraps += 1
-        self.bytes_echoed = b
+        else:
+            self.bytes_echoed += nbytes
 
     def frames_echoed_total(self):
         return (self.frames_echoed_wraps << 30) + self.frames_echoed
