@@ -213,7 +213,7 @@ def exit_status(rc):
 # A port's errno module names only a short list (EISCONN is not in it on any port), and the numbers differ
 # between newlib (esp32), MicroPython's own table (rp2) and Linux (unix, CPython). The board table's
 # "errno_names" gives the names for the numbers its socket layer raises; Net(board) installs them here.
-_port_names = {}
+_port_names = {}  # type: dict[int, str]
 
 
 def errno_name(e):
@@ -228,7 +228,7 @@ def errno_name(e):
 
 
 # Host defaults (Linux numbers) for a board table without a "socket" section.
-_HOST_SOCKET = {
+_HOST_SOCKET = {  # type: dict
     "pending": [getattr(errno, "EINPROGRESS", 115), errno.EAGAIN],
     "isconn": [getattr(errno, "EISCONN", 106)],
     "already": [getattr(errno, "EALREADY", 114)],

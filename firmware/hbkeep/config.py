@@ -87,12 +87,13 @@ class Config:
         # ticks_add() raises OverflowError from 2^29 on. A span the firmware measures with ticks must stay
         # below that (about 6.2 days), or a silence would never be judged, or adding it would raise.
         # Single keys are bounded by their ranges; these are the products.
-        span = self.peer_miss * self.beat_ms
+        peer_miss = getattr(self, "peer_miss")
+        beat_ms = getattr(self, "beat_ms")
+        span = peer_miss * beat_ms
         if span >= TICKS_SPAN_MAX:
             raise ConfigError(
                 "peer_miss x beat_ms: %d x %d = %d ms, must be below %d ms (2^29, the longest span a board's "
-                "2^30 ms tick can measure); lower peer_miss or beat_ms" % (
-                    self.peer_miss, self.beat_ms, span, TICKS_SPAN_MAX))
+                "2^30 ms tick can measure); lower peer_miss or beat_ms" % (peer_miss, beat_ms, span, TICKS_SPAN_MAX))
 
     def _keepalive(self, ka):
         self.keepalive = ka is not False

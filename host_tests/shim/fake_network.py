@@ -1,7 +1,7 @@
 """A stand-in for MicroPython's `network` module: a station whose status() the test scripts.
 
 Status numbers are deliberately not any port's real ones: the firmware must compare only with the
-STAT_* names (PORT_FACTS.md), and odd numbers here catch a comparison with a literal."""
+STAT_* names (docs/PORTS.md), and odd numbers here catch a comparison with a literal."""
 import types
 
 STA_IF = 0
