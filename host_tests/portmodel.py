@@ -1,4 +1,4 @@
-# Port models: stand-ins for the `socket`, `errno` and `network` modules that answer as esp32 and rp2 do
+# Port models: stand-ins for the `socket`, `errno`, `network` and `machine` modules that answer as esp32 and rp2 do
 # (docs/PORTS.md gives each behaviour and the source it comes from). Runs on MicroPython (unix port, 64-
 # and 32-bit) and on CPython; host_tests/portmodel_run.py drives the firmware's real client through them.
 #
@@ -338,4 +338,29 @@ def make_network_module(world):
         return ModelWLAN(world, stat)
 
     mod.WLAN = WLAN
+    return mod
+
+
+# machine.WDT: rp2 refuses a timeout above WDT_TIMEOUT_MAX 8388 ms (ports/rp2/machine_wdt.c, a 24-bit counter
+# of microseconds, halved); esp32 checks only for a positive one (ports/esp32/machine_wdt.c).
+WDT_MAX_MS = {"esp32": None, "rp2": 8388}
+
+
+def make_machine_module(port):
+    mod = Namespace()
+
+    class WDT:
+        def __init__(self, id=0, timeout=5000):
+            limit = WDT_MAX_MS[port]
+            if timeout <= 0:
+                raise ValueError("WDT timeout too short")
+            if limit is not None and timeout > limit:
+                raise ValueError("timeout exceeds %d" % limit)
+            self.timeout = timeout
+            self.feeds = 0
+
+        def feed(self):
+            self.feeds += 1
+
+    mod.WDT = WDT
     return mod

@@ -26,6 +26,7 @@ world = portmodel.World(PORT, OLD_POLL)
 sys.modules["socket"] = portmodel.make_socket_module(world)
 sys.modules["errno"] = portmodel.make_errno(PORT)
 sys.modules["network"] = portmodel.make_network_module(world)
+sys.modules["machine"] = portmodel.make_machine_module(PORT)
 
 from hbkeep import compat  # noqa: E402
 from hbkeep import protocol  # noqa: E402

@@ -159,3 +159,15 @@ def test_board_tables_agree_with_the_port_models(board, port):
         if str(num) in sk["errno_names"]:
             assert sk["errno_names"][str(num)] == name
     assert sk["errno_names"][str(e["EISCONN"])] == "EISCONN"
+
+
+@pytest.mark.parametrize("board, port", [("esp32", "esp32"), ("rp2_pico_w", "rp2")])
+def test_board_watchdog_limit_is_the_ports(board, port):
+    with open(os.path.join(BOARDS_DIR, board, "board.json")) as f:
+        limit = json.load(f)["wdt_max_ms"]
+    machine = portmodel.make_machine_module(port)
+    assert limit == portmodel.WDT_MAX_MS[port]
+    if limit is not None:
+        assert machine.WDT(timeout=limit).timeout == limit  # the clamp the firmware applies is accepted
+        with pytest.raises(ValueError):
+            machine.WDT(timeout=limit + 1)
