@@ -12,6 +12,7 @@
 # The SSID may be printed; the password is passed to connect() and never printed.
 import network
 from . import compat
+from .config import Config
 
 POLL_MS = 500
 JOIN_TIMEOUT_MS = 20000  # rp2: no IP this long after connect() -> connect() again
@@ -40,6 +41,7 @@ def _refusals():
 
 
 class Station:
+    cfg: Config  # declared for the type checker only, as in Client
     poll_ms = POLL_MS
     join_timeout_ms = JOIN_TIMEOUT_MS
     wrong_retry_ms = WRONG_RETRY_MS
