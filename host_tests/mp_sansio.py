@@ -13,6 +13,7 @@ sys.path.insert(0, sys.argv[1] + "/firmware")
 
 from hbkeep import compat  # noqa: E402
 from hbkeep import protocol  # noqa: E402
+from hbkeep.protocol_host import encode  # noqa: E402
 from hbkeep.config import Config, ConfigError, TICKS_SPAN_MAX  # noqa: E402
 from hbkeep.events import Stats  # noqa: E402
 from hbkeep.link import Link  # noqa: E402
@@ -55,8 +56,8 @@ def heap_delta(fn):
 
 # -- protocol --------------------------------------------------------------------------------------
 def check_frames_round_trip_in_any_split():
-    frames = protocol.encode(protocol.DATA, b"abc") + protocol.encode(protocol.HEART) + \
-        protocol.encode(protocol.DATA, b"x" * 300)
+    frames = encode(protocol.DATA, b"abc") + encode(protocol.HEART) + \
+        encode(protocol.DATA, b"x" * 300)
     for cut in (1, 7, 8, 9, 64, len(frames)):
         dec = protocol.Decoder(1024)
         got = []
@@ -66,7 +67,7 @@ def check_frames_round_trip_in_any_split():
             while pos < len(buf):
                 nxt = dec.feed(buf, pos, len(buf))
                 ev = dec.event
-                check(ev != protocol.ERROR if hasattr(protocol, "ERROR") else True, "error at cut %d" % cut)
+                check(ev != protocol.ERROR, "error at cut %d" % cut)
                 if ev == protocol.FRAME_IN_PLACE:
                     got.append((dec.type, bytes(buf[dec.start + 8:dec.start + 8 + dec.length])))
                 elif ev == protocol.FRAME_ASSEMBLED:
@@ -77,7 +78,7 @@ def check_frames_round_trip_in_any_split():
 
 def check_bad_header_names_the_field():
     dec = protocol.Decoder(16)
-    buf = bytearray(protocol.encode(protocol.DATA, b"") )
+    buf = bytearray(encode(protocol.DATA, b""))
     buf[4] = 100  # length 100 > max_payload 16
     dec.feed(buf, 0, len(buf))
     check(dec.error_field == "length" and dec.error_value == 100, "field %r value %r" % (

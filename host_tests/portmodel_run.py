@@ -30,6 +30,7 @@ sys.modules["machine"] = portmodel.make_machine_module(PORT)
 
 from hbkeep import compat  # noqa: E402
 from hbkeep import protocol  # noqa: E402
+from hbkeep.protocol_host import encode  # noqa: E402  (host-only frame builder; runs on MicroPython too)
 from hbkeep.client import Client  # noqa: E402
 from hbkeep.config import Config  # noqa: E402
 from hbkeep.events import Events  # noqa: E402
@@ -39,7 +40,7 @@ BOARD = {"esp32": "esp32", "rp2": "rp2_pico_w"}[PORT]
 with open(REPO + "/boards/" + BOARD + "/board.json") as f:
     board = json.load(f)
 
-HEART = protocol.encode(protocol.HEART)
+HEART = encode(protocol.HEART)
 LIMIT_MS = 8000  # per scenario: a firmware that never gets there fails fast, by name
 
 
@@ -152,11 +153,11 @@ async def connect_and_beat():
     if await r.event("connected"):
         s = r.sock()
         beats = await beats_in(s, 2)
-        s.send(protocol.encode(protocol.DATA, b"mixed Case"))
+        s.send(encode(protocol.DATA, b"mixed Case"))
         echoed = bytearray()
-        await r.until(lambda: echoed.extend(s.take()) or protocol.encode(protocol.DATA, b"MIXED CASE") in echoed,
+        await r.until(lambda: echoed.extend(s.take()) or encode(protocol.DATA, b"MIXED CASE") in echoed,
                       "echo")
-        r.stop(beats=beats, echo=int(protocol.encode(protocol.DATA, b"MIXED CASE") in echoed))
+        r.stop(beats=beats, echo=int(encode(protocol.DATA, b"MIXED CASE") in echoed))
     else:
         r.stop()
     await compat.sleep_ms(20)
@@ -192,7 +193,7 @@ async def full_send_buffer():
     if await r.event("connected"):
         s = r.sock()
         s.acking = False
-        frame = protocol.encode(protocol.DATA, b"x" * 1000)
+        frame = encode(protocol.DATA, b"x" * 1000)
         for _ in range(12):
             s.send(frame)
         await r.event("disconnected")
