@@ -106,7 +106,6 @@ else:
     from ._cpython import (  # noqa: F401
         upcase, copy_bytes, ticks_ms, ticks_diff, ticks_add, sleep_ms, wait_for_ms, write_line,
         mem_alloc, collect, wait_readable, wait_writable, try_read, try_write, rand_below,
-        connect_done as _connect_done,
     )
 
 
@@ -262,14 +261,8 @@ class LwipNet:
 if MICROPYTHON:
     Net = LwipNet
 else:
+    # CPython finishes a connect with getsockopt(SO_ERROR) and moves bytes with send/recv_into; that
+    # subclass lives in _cpython.py, so a board's compat.mpy carries none of it.
+    from ._cpython import net_class
 
-    class Net(LwipNet):  # type: ignore[no-redef]
-        """CPython on Linux: getsockopt(SO_ERROR) finishes a connect (_cpython.connect_done), and
-        send/recv_into move the bytes."""
-
-        async def connect_finish(self, sock, addr):
-            await wait_writable(sock)
-            _connect_done(sock, addr)
-
-        try_read = staticmethod(try_read)
-        try_write = staticmethod(try_write)
+    Net = net_class(LwipNet)  # type: ignore[misc]

@@ -57,12 +57,6 @@ class Stats:
         else:
             self.bytes_echoed += nbytes
 
-    def frames_echoed_total(self):
-        return (self.frames_echoed_wraps << 30) + self.frames_echoed
-
-    def bytes_echoed_total(self):
-        return (self.bytes_echoed_wraps << 30) + self.bytes_echoed
-
     @staticmethod
     def _bump(table, key):
         table[key] = table.get(key, 0) + 1
@@ -87,7 +81,7 @@ class Stats:
             "beats_sent", self.beats_sent,
             "beats_skipped", self.beats_skipped,
             "hearts_rx", self.hearts_received,
-            "frames_echoed", self.frames_echoed_total(),
-            "bytes_echoed", self.bytes_echoed_total(),
+            "frames_echoed", (self.frames_echoed_wraps << 30) + self.frames_echoed,
+            "bytes_echoed", (self.bytes_echoed_wraps << 30) + self.bytes_echoed,
             "protocol_errors", self.protocol_errors,
         )
