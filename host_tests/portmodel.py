@@ -281,6 +281,7 @@ class ModelWLAN:
         self.connects = 0
         self.disconnects = 0
         self.configured = {}
+        self.password_ok = True  # False: the access point refuses our key
         world.station = self
 
     def active(self, on=None):
@@ -301,7 +302,9 @@ class ModelWLAN:
     def _update(self):
         w = self.w
         if self.state == "joining" and w.ap_present and ticks_diff(ticks_ms(), self.t) >= self.join_ms:
-            self.state = "up"
+            # A refused key: esp32 reports WIFI_REASON_AUTH_FAIL and keeps retrying by itself until
+            # disconnect(); rp2's cyw43 reports CYW43_LINK_BADAUTH and stays there.
+            self.state = "up" if self.password_ok else "refused"
         if self.state == "up" and not w.ap_present:
             # esp32 goes on rejoining by itself (STAT_CONNECTING while it does); rp2's cyw43 reports link
             # join, STAT_CONNECTING, and stays there without rejoining.
@@ -318,6 +321,8 @@ class ModelWLAN:
             return self.S["STAT_GOT_IP"]
         if s in ("joining", "stuck"):
             return self.S["STAT_CONNECTING"]
+        if s == "refused":
+            return self.S["STAT_WRONG_PASSWORD"]
         return self.S["STAT_IDLE"]
 
     def ipconfig(self, key):

@@ -100,6 +100,8 @@ class Run:
             self.station = wifi.Station(self.cfg, board, self.ev)
             self.station.poll_ms = 20
             self.station.join_timeout_ms = 400
+            self.station.wrong_retry_ms = 300
+            self.station.wrong_retry_max_ms = 1200
             self.client.net.link_up = self.station.up
             self.tasks.append(compat.create_task(self.station.keep()))
         self.tasks.append(compat.create_task(self.client.run()))
@@ -245,9 +247,24 @@ async def ap_loss_and_return():
     await compat.sleep_ms(20)
 
 
+async def wrong_password():
+    # The access point refuses the key: an event, a slow growing retry, and no DNS or connect meanwhile;
+    # once the key is right (the user fixed the AP), the station joins and the client connects.
+    world.station = None
+    r = Run("wrong_password", [portmodel.ACCEPT], wifi_on=True)
+    world.station.password_ok = False
+    await r.event("wifi_failed", 3)
+    attempts = r.client.stats.attempts
+    world.station.password_ok = True
+    await r.event("connected")
+    r.stop(attempts_while_refused=attempts, wlan_connects=world.station.connects,
+           wlan_disconnects=world.station.disconnects)
+    await compat.sleep_ms(20)
+
+
 async def main():
     for scenario in (connect_and_beat, refused, timeout, reset, full_send_buffer, unanswered_beats,
-                     ap_loss_and_return):
+                     ap_loss_and_return, wrong_password):
         await scenario()
     out("done")
 

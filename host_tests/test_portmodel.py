@@ -146,6 +146,21 @@ def test_wifi_loss_and_return(model):
         assert m["wlan_connects"] >= 2 and named(sc, "wifi_rejoin"), text
 
 
+def test_wrong_password_is_an_event_and_a_slow_retry(model):
+    port, result = model
+    sc, text = scenario(result, "wrong_password")
+    m = sc["model"]
+    failed = named(sc, "wifi_failed")
+    # The runner shortens the retry to 300 ms, doubling to a 1200 ms cap.
+    assert [e.fields["retry_ms"] for e in failed[:3]] == ["300", "600", "1200"], text
+    assert all(e.fields["reason"] == "wrong_password" and e.fields["ssid"] == "lab" for e in failed), text
+    assert m["attempts_while_refused"] == 0 and m["dns_without_ip"] == 0 and m["connects_without_ip"] == 0, text
+    assert named(sc, "connected"), text
+    if port == "esp32":
+        assert m["wlan_disconnects"] >= 3, "esp32's own quick retries were not stopped"
+    assert not any("hunter2" in x for x in sc["raw"])
+
+
 @pytest.mark.parametrize("board, port", [("esp32", "esp32"), ("rp2_pico_w", "rp2")])
 def test_board_tables_agree_with_the_port_models(board, port):
     with open(os.path.join(BOARDS_DIR, board, "board.json")) as f:
