@@ -77,3 +77,23 @@ def test_a_config_error_ends_quietly_on_a_board_and_with_a_status_on_the_host(ru
     host = subprocess.run(argv + ["main.py", "config.json", "board.json"], cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=60)
     assert host.returncode == 2 and "config_error beat_ms" in host.stdout, host.stdout + host.stderr
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "micropython32"])
+def test_a_fastbuf_mpy_for_another_architecture_falls_back_to_plain_python(runtime, tmp_path):
+    # MicroPython raises ValueError ("incompatible .mpy file") for it, not ImportError.
+    require_runtime(runtime)
+    from tools.build import mpycompile
+
+    pkg = tmp_path / "hbkeep"
+    shutil.copytree(os.path.join(ROOT, "firmware", "hbkeep"), str(pkg))
+    os.remove(str(pkg / "fastbuf.py"))
+    src = os.path.join(ROOT, "firmware", "hbkeep", "fastbuf.py")
+    built = mpycompile.compile_one(src, "armv6m", str(tmp_path / "out"))
+    shutil.copy(built, str(pkg / "fastbuf.mpy"))
+    code = ("import sys; sys.path.insert(0, '.'); from hbkeep import compat; b = bytearray(b'abc{'); "
+            "compat.upcase(b, 0, 4); print(bytes(b), compat.upcase.__name__)")
+    p = subprocess.run(hostrun.runtime_argv(runtime) + ["-c", code], cwd=str(tmp_path), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.split() == ["b'ABC{'", "upcase"], p.stdout
