@@ -1,6 +1,7 @@
 """The client's scenarios on real loopback sockets, on CPython and on the MicroPython unix port.
 
-The firmware runs as a child process (tools.hostrun); a scripted server (support/scripted_server.py)
+The firmware runs as a child process (tools.hostrun) on CPython, MicroPython and 32-bit MicroPython; a
+scripted server (support/scripted_server.py)
 plays the other end. Tests synchronise on the firmware's event lines and on bytes arriving, never on
 bare sleeps; every wait has a deadline. Timing bounds are asserted only where the project promises
 one (reconnect within retry_ms of the server being back, silence detection within one beat of the
@@ -21,6 +22,13 @@ from support.fwproc import FwProc
 from support.scripted_server import ScriptedServer
 from tools import hostrun
 from tools.eventlines import parse_line
+
+
+@pytest.fixture
+def runtime(any_runtime):
+    """Every scenario on CPython, the 64-bit and the 32-bit MicroPython unix port."""
+    return any_runtime
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
