@@ -120,15 +120,16 @@ async def serve(config, as_json=False, quiet=False):
     """Run until SIGINT or SIGTERM; returns the exit code."""
     loop = asyncio.get_running_loop()
     server = HeartbeatServer(config, on_event=make_printer(loop, as_json, quiet))
+    # Handlers first: whoever reads the `listening` line may signal at once, and must get a clean stop.
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
     except OSError as e:
         print("hbserver: cannot listen on %s:%d: %s" % (config.host, config.port, e.strerror or e),
               file=sys.stderr)
         return 1
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
