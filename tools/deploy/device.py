@@ -88,8 +88,12 @@ class Board:
 
     def enter(self):
         """Interrupt whatever runs, soft-reset into the raw REPL (as mpremote does), or say why not."""
+        # mpremote reads a pty one blocking byte at a time: without a read timeout a silent device would
+        # hang it for ever. Short while probing; afterwards long enough for any board to answer.
+        self.t.serial.timeout = min(1.0, self.timeout)
         try:
             self.t.enter_raw_repl(soft_reset=True, timeout_overall=self.timeout)
+            self.t.serial.timeout = self.timeout
         except (TransportError, OSError) as e:
             raise DeviceError(
                 "%s does not answer as a MicroPython REPL (no raw REPL prompt within %.0f s: %s). Is MicroPython "
