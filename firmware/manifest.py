@@ -7,7 +7,23 @@ options.defaults(main=False)
 
 metadata(description="hb-keepalive: a TCP connection kept alive and honest, with heartbeats", version="0.1.0")
 
-package("hbkeep")
+# The modules a board loads, named one by one: the package folder also holds host-only modules
+# (_cpython.py, protocol_host.py) that no board needs. The test suite checks this list against the package.
+package(
+    "hbkeep",
+    files=(
+        "__init__.py",
+        "client.py",
+        "compat.py",
+        "config.py",
+        "events.py",
+        "fastbuf.py",
+        "link.py",
+        "protocol.py",
+        "sockopts.py",
+        "wifi.py",
+    ),
+)
 
 if options.main:
     module("main.py")

@@ -53,7 +53,8 @@ def test_deploy_power_cycle_repl_and_a_second_deploy(tmp_path):
 
             # On its flash: main.py as source, the package as .mpy for the board's arch, the settings.
             flash = sb.flash
-            modules = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "firmware", "hbkeep", "*.py")))
+            modules = sorted(os.path.basename(p)[:-3] for p in plan.package_sources())
+            assert "_cpython" not in modules and "protocol" in modules  # host-only modules stay off the board
             assert flash_files(flash) == sorted(["main.py", "config.json", "board.json"] +
                                                 ["hbkeep/%s.mpy" % m for m in modules])
             with open(os.path.join(ROOT, "firmware", "main.py"), "rb") as f:

@@ -11,11 +11,13 @@ import pytest
 
 from simboard_proc import SimBoardProc
 
-from tools.build import packagejson
+from tools.build import mpycompile, packagejson
+from tools.paths import HOST_ONLY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRMWARE = os.path.join(ROOT, "firmware")
-PACKAGE_FILES = sorted(os.path.relpath(p, FIRMWARE) for p in glob.glob(os.path.join(FIRMWARE, "hbkeep", "*.py")))
+# What a board loads: the package less its host-only modules (tools/paths.py HOST_ONLY).
+PACKAGE_FILES = sorted(os.path.relpath(p, FIRMWARE) for p in mpycompile.sources() if os.path.basename(p) != "main.py")
 
 
 def test_package_json_is_current_and_lists_every_module():
@@ -28,6 +30,7 @@ def test_package_json_is_current_and_lists_every_module():
     for dest, url in pkg["urls"]:
         assert os.path.isfile(os.path.join(ROOT, url)), url  # relative to package.json, as mip reads it
         assert url == "firmware/" + dest
+    assert not [d for d, _ in pkg["urls"] if os.path.basename(d) in HOST_ONLY]
     assert pkg["deps"] == []
 
 
@@ -120,6 +123,7 @@ def test_manifest_freezes_every_shipped_module_and_nothing_host_only():
     for src in m.frozen.values():
         assert os.path.commonpath([src, os.path.join(FIRMWARE, "hbkeep")]) == os.path.join(FIRMWARE, "hbkeep")
         assert "__pycache__" not in src and "host_tests" not in src and "/tools/" not in src
+    assert not [k for k in m.frozen if os.path.basename(k) in HOST_ONLY]
     assert m.required == []  # nothing from micropython-lib: the ports' own asyncio is used
     with open(os.path.join(ROOT, "package.json")) as f:
         assert m.meta.get("version") == json.load(f)["version"]

@@ -101,6 +101,11 @@ def check_mpy(mpy, version):
     return arch
 
 
+def package_sources():
+    """The package modules a board loads (not the host-only ones), as paths under firmware/hbkeep/."""
+    return [p for p in mpycompile.sources() if os.path.dirname(p) == PACKAGE_DIR]
+
+
 def _read(path):
     with open(path, "rb") as f:
         return f.read()
@@ -110,7 +115,7 @@ def files(board, cfg, source=False, arch=None):
     """{path on the board: bytes} of one deploy. `arch` (mpy-cross -march) is needed unless `source`."""
     table = board_table(board)
     out = {"main.py": _read(os.path.join(FIRMWARE_DIR, "main.py"))}
-    modules = sorted(glob.glob(os.path.join(PACKAGE_DIR, "*.py")))
+    modules = package_sources()
     if source:
         for src in modules:
             out["%s/%s" % (PACKAGE, os.path.basename(src))] = _read(src)
