@@ -175,6 +175,73 @@ def test_not_enough_flash(tmp_path):
         assert flash_files(sb.flash) == []
 
 
+class OldBoard:
+    """A pty that answers mpremote's raw REPL protocol as MicroPython 1.18 on an ESP32 would (no raw-paste
+    mode, .mpy format 5), running any code it is sent as the deploy's first question, and counting the
+    code it receives: enough to see that the deploy reads sys.implementation._mpy before anything else."""
+
+    FACTS = repr(("micropython", (1, 18, 0), "esp32", 5 | (10 << 10), 4096, 1 << 20)).encode()
+
+    def __init__(self):
+        self.master, self.slave = os.openpty()
+        self.port = os.ttyname(self.slave)
+        self.programs = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        import select
+
+        code = None  # bytes of a program being received, None outside one
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                data = os.read(self.master, 1024)
+            except OSError:
+                return
+            i = 0
+            while i < len(data):
+                b = data[i:i + 1]
+                i += 1
+                if data[i - 1:i + 2] == b"\x05A\x01":
+                    os.write(self.master, b"R\x00")  # raw-paste understood, not supported (as before 1.19)
+                    i += 2
+                    code = b""
+                elif b == b"\x01":
+                    os.write(self.master, b"raw REPL; CTRL-B to exit\r\n>")
+                    code = b""
+                elif b == b"\x04" and not code:
+                    os.write(self.master, b"OK\r\nMPY: soft reboot\r\nraw REPL; CTRL-B to exit\r\n>")
+                elif b == b"\x04":
+                    self.programs.append(code)
+                    out = self.FACTS if b"_mpy" in code else b""
+                    os.write(self.master, b"OK" + out + b"\r\n\x04\x04>")
+                    code = b""
+                elif code is not None and b not in (b"\x02", b"\x03"):
+                    code += b
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def test_firmware_too_old_for_the_mpy_files_stops_before_anything_is_copied(tmp_path):
+    board = OldBoard()
+    try:
+        r = deploy("--board", "esp32", "--port", board.port, "--config", write_config(tmp_path, {}), "--timeout", "5")
+    finally:
+        board.close()
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "MicroPython 1.18.0 loads .mpy format 5" in r.stderr and "--source" in r.stderr
+    # One program ran on the board: the question about its version; nothing was hashed, written or reset.
+    assert len(board.programs) == 1 and b"sys.implementation._mpy" in board.programs[0]
+
+
 @pytest.mark.parametrize("mpy, version, words", [
     (None, (1, 11, 0), "1.11.0, too old"),
     (5, (1, 18, 0), "loads .mpy format 5"),

@@ -66,6 +66,9 @@ def test_mpremote_takes_the_raw_repl_from_a_running_program_and_survives_its_sof
         r = sb.mpremote("fs", "cp", str(src), ":hello.txt")
         assert r.returncode == 0, r.stderr
         assert (tmp_path / "flash" / "hello.txt").read_text() == "hello flash\n"
+        r = sb.mpremote("fs", "ls")  # sizes as a board's filesystem reports them
+        assert r.returncode == 0, r.stderr
+        assert "12 hello.txt" in r.stdout and "%d main.py" % len(TICKER) in r.stdout
 
 
 def test_machine_reset_and_the_power_control_run_main_again(tmp_path):

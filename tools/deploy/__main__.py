@@ -14,6 +14,8 @@ Steps, each stopping with an error that says what to do:
   5. the board is reset and runs main.py; with --run this command then stays attached and prints what it
      says (its event lines) until Ctrl-C, which detaches and leaves the board running.
 Nothing from the config is printed: it holds the Wi-Fi password.
+Exit status: 0 done; 1 a problem with the board or its port; 2 the config, or what the board's firmware
+can load.
 """
 import argparse
 import sys

@@ -77,6 +77,10 @@ def main(argv=None):
 
     for signum in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
+    # Run in the background of a shell (`... &`), reading the terminal would stop the process (SIGTTIN)
+    # and with it the board; ignored, the read fails instead and commands are read no more.
+    signal.signal(signal.SIGTTIN, signal.SIG_IGN)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
 
     board = SimBoard(args.flash, mp, hold_pins=dict(args.hold_pin), uid=args.uid, flash_size=args.flash_size,
                      heap=args.heap, link=args.link, echo=sys.stdout.buffer if args.echo else None)

@@ -13,7 +13,8 @@ simulator relays bytes between the two. That indirection is what lets the board 
   is raw. The unix port turns ISIG off by itself while its REPL reads a line.
 * A board cooks its output (\n -> \r\n); the unix port does not, so the relay does.
 * `machine` calls the unix port lacks come from standins/machine.py, first on the VM's sys.path after the
-  board's own files: it reports watchdog feeds, resets and pin changes on a control pipe. The watchdog's
+  board's own files: it reports watchdog feeds, resets and pin changes on a control pipe. standins/os.py
+  gives file sizes in ilistdir() and, with --flash-size, a flash of that size in statvfs(). The watchdog's
   clock runs here, in the simulator, across soft resets as on a board; its expiry power-cycles the VM.
 
 The board's filesystem is a host directory, the VM's current directory (`--flash`). mip's lib directory
@@ -33,7 +34,6 @@ import tty
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STANDINS = os.path.join(HERE, "standins")
-STANDINS_FLASH = os.path.join(HERE, "standins_flash")
 BOOT_SCRIPT = os.path.join(STANDINS, "_simboard_boot.py")
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
@@ -154,11 +154,10 @@ class SimBoard:
     # -- the VM's life ------------------------------------------------------------------------------
     def _env(self, cause):
         env = dict(os.environ)
-        path = ["", STANDINS]
+        path = ["", STANDINS, ".frozen", os.path.join(self.flash, "lib")]
+        env.pop("SIMBOARD_FLASH_SIZE", None)
         if self.flash_size:
-            path.insert(1, STANDINS_FLASH)
             env["SIMBOARD_FLASH_SIZE"] = str(self.flash_size)
-        path += [".frozen", os.path.join(self.flash, "lib")]
         env["SIMBOARD_PATH"] = ":".join(path)
         env["SIMBOARD_RESET_CAUSE"] = str(cause)
         env["SIMBOARD_UID"] = self.uid
@@ -385,7 +384,10 @@ class SimBoard:
                     if restarted:
                         break
                 elif what == "cmd":
-                    data = os.read(fd, 4096)
+                    try:
+                        data = os.read(fd, 4096)
+                    except OSError:  # EIO: a terminal we are in the background of
+                        data = b""
                     if not data:
                         self.sel.unregister(fd)  # stdin closed: no more commands, the board goes on
                         continue
