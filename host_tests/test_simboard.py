@@ -5,6 +5,7 @@ user's terminal or mpremote does: power-on runs main.py, Ctrl-C interrupts it, m
 REPL and survives its soft reset (no main.py afterwards), the machine stand-ins (watchdog, resets, pins,
 unique id) behave as a board's, and the power-cycle control works."""
 import os
+import signal
 
 from simboard_proc import SimBoardProc
 
@@ -72,15 +73,20 @@ def test_mpremote_takes_the_raw_repl_from_a_running_program_and_survives_its_sof
 
 
 def test_machine_reset_and_the_power_control_run_main_again(tmp_path):
-    with SimBoardProc(flash_with(tmp_path, TICKER)) as sb:
+    link = tmp_path / "ttySIM0"
+    with SimBoardProc(flash_with(tmp_path, TICKER), "--link", str(link)) as sb:
+        assert os.path.realpath(link) == sb.port  # a stable name for the port, for scripts
         con = sb.console()
         con.expect(b"boot cause=1\r\n")
         sb.command("power")
+        con.expect(b"boot cause=1\r\n")
+        sb.proc.send_signal(signal.SIGUSR1)  # the same, from outside
         con.expect(b"boot cause=1\r\n")
         r = sb.mpremote("reset")  # exec machine.reset() in the raw REPL, as mpremote does for a board
         assert r.returncode == 0, r.stderr
         con.expect(b"boot cause=2\r\n")  # HARD_RESET
         con.expect(b"tick 1\r\n")
+    assert not os.path.lexists(link)  # removed when the simulator stops
 
 
 def test_watchdog_expiry_power_cycles_the_board(tmp_path):
