@@ -115,7 +115,13 @@ def test_run_stays_attached_and_prints_the_event_lines(tmp_path):
                 events = [ln.split() for ln in lines if ln[:1].isdigit()]
                 assert "connected" in [e[1] for e in events], lines
                 p.send_signal(signal.SIGINT)
-                rest, _ = p.communicate(timeout=30)
+                p.wait(timeout=30)
+                rest = ""
+                while True:  # the reader thread has the rest of the output, up to its end (None)
+                    line = q.get(timeout=30)
+                    if line is None:
+                        break
+                    rest += line
             finally:
                 if p.poll() is None:
                     p.kill()

@@ -230,10 +230,9 @@ class SimBoard:
     def _from_vm(self, data):
         seen = self.tail + data
         self.tail = seen[-64:]
-        if RAW_BANNER in seen:
-            self.raw_mode = True
-        elif FRIENDLY_BANNER in seen:
-            self.raw_mode = False
+        raw_at, friendly_at = seen.rfind(RAW_BANNER), seen.rfind(FRIENDLY_BANNER)
+        if raw_at != friendly_at:  # both -1: no banner here; otherwise the later one is the REPL now
+            self.raw_mode = raw_at > friendly_at
         if self.hiding:
             i = seen.rfind(RAW_BANNER)
             if i < 0:
