@@ -12,6 +12,7 @@ import pytest
 from simboard_proc import SimBoardProc
 
 from tools.build import mpycompile, packagejson
+from tools.deploy import plan
 from tools.paths import HOST_ONLY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +131,11 @@ def test_manifest_freezes_every_shipped_module_and_nothing_host_only():
 
 
 @pytest.mark.parametrize("main", [True, False])
-def test_manifest_option_main_also_freezes_the_boot_file(main):
+def test_manifest_option_main_also_freezes_the_boot_files(main):
     m = Manifest(os.path.join(FIRMWARE, "manifest.py"), main=main)
-    assert ("main.py" in m.frozen) == main
-    assert sorted(k for k in m.frozen if k != "main.py") == PACKAGE_FILES
+    boot = [name for name in plan.BOOT_FILES if os.path.isfile(os.path.join(FIRMWARE, name))]
+    assert "main.py" in boot
+    # A board runs a frozen boot.py and main.py when its filesystem has none: every boot file the deploy
+    # ships must be frozen with main=True, or the frozen firmware would start differently.
+    assert sorted(k for k in m.frozen if k not in PACKAGE_FILES) == (sorted(boot) if main else [])
+    assert sorted(k for k in m.frozen if k in PACKAGE_FILES) == PACKAGE_FILES

@@ -136,6 +136,54 @@ while True:
         sb.wait_note("watchdog reset", after=after)
 
 
+def test_a_timer_feeds_the_watchdog_while_the_repl_waits_and_boot_py_can_take_over(tmp_path):
+    """The parking pattern: a machine.Timer callback feeds the watchdog while the REPL is idle; a soft reset
+    ends the timer but not the watchdog, which mem32 then reports as running to boot.py, which can feed it
+    again. boot.py's output shows between "soft reboot" and the raw REPL banner, as on a board."""
+    main_py = """\
+import machine
+print("running before", machine.mem32[0])
+wdt = machine.WDT(timeout=600)
+n = 0
+def feed(t):
+    global n
+    wdt.feed()
+    n += 1
+    if n % 10 == 0:
+        print("fed", n)
+timer = machine.Timer(-1)
+timer.init(mode=machine.Timer.PERIODIC, period=50, callback=feed)
+print("running after", machine.mem32[0] & 1)
+"""
+    boot_py = """\
+import machine
+if machine.mem32[0] & 1:
+    _w = machine.WDT(timeout=600)
+    _t = machine.Timer(-1)
+    _t.init(mode=machine.Timer.PERIODIC, period=50, callback=lambda t: _w.feed())
+    print("boot.py parked the watchdog")
+"""
+    with SimBoardProc(flash_with(tmp_path, main_py, **{"boot.py": boot_py})) as sb:
+        con = sb.console()
+        con.expect(b"running before 0\r\n")
+        con.expect(b"running after 1\r\n")
+        # main.py has ended: the REPL waits for input, and the timer keeps feeding through 3 timeouts.
+        con.expect(b"fed 40\r\n", timeout=15)
+        assert not [n for n in sb.drain_notes() if "watchdog expired" in n]
+        # The raw REPL and a soft reset, as mpremote does them, by hand to see what the board prints.
+        con.write(b"\r\x01")
+        con.expect(b"raw REPL; CTRL-B to exit\r\n>")
+        con.write(b"\x04")
+        con.expect(b"OK\r\nMPY: soft reboot\r\n")
+        out = con.expect(b"raw REPL; CTRL-B to exit\r\n>")
+        assert out == b"boot.py parked the watchdog\r\nraw REPL; CTRL-B to exit\r\n>"  # no unix banner
+        # In the raw REPL the board stays fed for over 3 timeouts: a program that prints after 2 s.
+        con.write(b"import time; time.sleep_ms(2000); print('still here')\x04")
+        con.expect(b"OK")
+        con.expect(b"still here\r\n\x04\x04>", timeout=15)
+        assert not [n for n in sb.drain_notes() if "watchdog expired" in n]
+
+
 def test_pins_unique_id_and_flash_size(tmp_path):
     main_py = """\
 import machine, os

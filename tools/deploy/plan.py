@@ -101,6 +101,14 @@ def check_mpy(mpy, version):
     return arch
 
 
+# Files a board runs by name at reset, from its filesystem: always as source, at the flash root.
+BOOT_FILES = ("boot.py", "main.py")
+
+
+def boot_files():
+    return [name for name in BOOT_FILES if os.path.isfile(os.path.join(FIRMWARE_DIR, name))]
+
+
 def package_sources():
     """The package modules a board loads (not the host-only ones), as paths under firmware/hbkeep/."""
     return [p for p in mpycompile.sources() if os.path.dirname(p) == PACKAGE_DIR]
@@ -114,7 +122,7 @@ def _read(path):
 def files(board, cfg, source=False, arch=None):
     """{path on the board: bytes} of one deploy. `arch` (mpy-cross -march) is needed unless `source`."""
     table = board_table(board)
-    out = {"main.py": _read(os.path.join(FIRMWARE_DIR, "main.py"))}
+    out = {name: _read(os.path.join(FIRMWARE_DIR, name)) for name in boot_files()}
     modules = package_sources()
     if source:
         for src in modules:
@@ -155,9 +163,9 @@ def changes(wanted, on_board):
 
 
 def _copy_order(path):
-    # The package first, main.py after it, the settings last: a deploy cut short leaves the old
+    # The package first, the boot files after it, the settings last: a deploy cut short leaves the old
     # settings with new code rather than new settings with half the code.
-    return (0 if path.startswith(PACKAGE + "/") else 1 if path == "main.py" else 2, path)
+    return (0 if path.startswith(PACKAGE + "/") else 1 if path in BOOT_FILES else 2, path)
 
 
 def stale(wanted, package_listing):

@@ -7,7 +7,8 @@ simulator relays bytes between the two. That indirection is what lets the board 
 * mpremote's soft reset (Ctrl-D on an empty raw-REPL line) makes the unix port *exit*. A board prints
   "soft reboot" and comes back, in the raw REPL and without main.py when it was in the raw REPL. The
   simulator does the same: it starts a fresh VM, prints the line, holds mpremote's bytes until the new VM
-  is in the raw REPL, and hides the friendly banner the unix port prints on the way there.
+  is in the raw REPL, and hides the friendly banner the unix port prints on the way there (what boot.py
+  prints still shows).
 * Ctrl-C reaches a unix-port program only as SIGINT, so the VM's pty keeps ISIG on (and NOFLSH, so the
   bytes that follow a Ctrl-C -- mpremote's Ctrl-A -- are not discarded by the signal); everything else
   is raw. The unix port turns ISIG off by itself while its REPL reads a line.
@@ -38,6 +39,7 @@ BOOT_SCRIPT = os.path.join(STANDINS, "_simboard_boot.py")
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 FRIENDLY_BANNER = b'Type "help()" for more information.'
+BANNER_START = b"MicroPython "
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 
 # machine.reset_cause() values (the ESP32's numbers).
@@ -142,6 +144,7 @@ class SimBoard:
         self.hide_deadline = 0.0
         self.pending_in = b""  # serial input held while a VM boots
         self.tail = b""  # last output bytes, to find banners split across reads
+        self.held_out = b""  # output of a VM still on its way back to the raw REPL
         self.last_out = b""  # the last byte sent, to cook lone \n
         self.wdt_ms = None
         self.wdt_deadline = None
@@ -160,6 +163,7 @@ class SimBoard:
             env["SIMBOARD_FLASH_SIZE"] = str(self.flash_size)
         env["SIMBOARD_PATH"] = ":".join(path)
         env["SIMBOARD_RESET_CAUSE"] = str(cause)
+        env["SIMBOARD_WDT_RUNNING"] = "1" if self.wdt_ms else "0"
         env["SIMBOARD_UID"] = self.uid
         env["SIMBOARD_PINS"] = ",".join("%s=%d" % kv for kv in sorted(self.hold_pins.items()))
         env.pop("MICROPYPATH", None)
@@ -176,6 +180,7 @@ class SimBoard:
         self.hiding = not boot_main
         self.hide_deadline = time.monotonic() + BOOT_TIMEOUT_S
         self.tail = b""
+        self.held_out = b""
         names = {PWRON_RESET: "power on", HARD_RESET: "hard reset", WDT_RESET: "watchdog reset",
                  SOFT_RESET: "soft reset"}
         log("%s (boot %d, %s)" % (names.get(cause, cause), self.boots,
@@ -234,14 +239,19 @@ class SimBoard:
         if raw_at != friendly_at:  # both -1: no banner here; otherwise the later one is the REPL now
             self.raw_mode = raw_at > friendly_at
         if self.hiding:
-            i = seen.rfind(RAW_BANNER)
+            self.held_out += data
+            i = self.held_out.find(RAW_BANNER)
             if i < 0:
                 return
-            # From the raw banner on, the new VM talks as the board did before the reset.
+            held, self.held_out = self.held_out, b""
             self.hiding = False
-            data = seen[i:]
-            self.tail = data[-64:]
-            self._to_serial(self._cook(data))
+            # What boot.py printed goes out, as from a board (mpremote lets it through between "soft reboot"
+            # and the raw banner); the unix port's friendly banner, printed before it reads the Ctrl-A
+            # that takes it back to the raw REPL, does not: a board goes straight there.
+            j = held.rfind(BANNER_START, 0, i)
+            if j >= 0 and FRIENDLY_BANNER in held[j:i]:
+                held = held[:j] + held[i:]
+            self._to_serial(self._cook(held))
             self._deliver()
             return
         self._to_serial(self._cook(data))
@@ -332,6 +342,8 @@ class SimBoard:
             if self.hiding and now >= self.hide_deadline:
                 log("the new VM did not reach the raw REPL in %.0f s" % BOOT_TIMEOUT_S)
                 self.hiding = False
+                self._to_serial(self._cook(self.held_out))
+                self.held_out = b""
                 self._deliver()
             waits = [t for t in (deadline, self.wdt_deadline, self.hide_deadline if self.hiding else None)
                      if t is not None]

@@ -4,8 +4,14 @@
 #   wdt MS / feed      the simulator keeps the watchdog's deadline and power-cycles the board at expiry
 #   reset / soft       a hard reset (main.py runs) / a soft reset (like the board's)
 #   pin ID VALUE       an output pin changed (the status LED)
+#   Timer              a thread of the VM calls the callback every period, whatever the main program
+#                      does (a board runs it as a soft interrupt, also while the REPL waits for input);
+#                      a soft reset ends it, as a board's soft reset deletes its timers
+#   mem8/16/32         no registers here: every address reads as "the watchdog is running" (all ones)
+#                      or not (0), what a check for a watchdog that survived a soft reset needs
 # The firmware uses it exactly as it uses a board's `machine`; it never asks where it runs.
 import os
+import sys
 import time
 
 from umachine import *  # noqa: F401,F403  (idle, mem8..., the unix port's own)
@@ -17,6 +23,7 @@ DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
 
 _fd = os.getenv("SIMBOARD_CTL_FD")
+_wdt_running = os.getenv("SIMBOARD_WDT_RUNNING") == "1"  # it survived the soft reset that started this VM
 _ctl = open("/dev/fd/" + _fd, "w") if _fd else None
 
 
@@ -59,12 +66,66 @@ def freq(hz=None):
 
 class WDT:
     def __init__(self, id=0, timeout=5000):
+        global _wdt_running
         if timeout < 1:
             raise ValueError("timeout")
         _send("wdt %d" % timeout)
+        _wdt_running = True
 
     def feed(self):
         _send("feed")
+
+
+class Timer:
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, id=-1, mode=PERIODIC, period=-1, callback=None, freq=-1):
+        self._run_id = 0
+        if callback is not None:
+            self.init(mode=mode, period=period, callback=callback, freq=freq)
+
+    def init(self, mode=PERIODIC, period=-1, callback=None, freq=-1):
+        import _thread
+
+        if freq > 0:
+            period = 1000 // freq
+        if period < 1:
+            raise ValueError("period")
+        self._run_id += 1
+        _thread.start_new_thread(self._run, (self._run_id, mode, period, callback))
+
+    def _run(self, run_id, mode, period, callback):
+        while True:
+            time.sleep_ms(period)
+            if self._run_id != run_id:
+                return  # deinit() or init() again
+            if callback is not None:
+                try:
+                    callback(self)
+                except Exception as e:  # as a board reports an exception in a callback, and goes on
+                    sys.print_exception(e)
+            if mode == self.ONE_SHOT:
+                return
+
+    def deinit(self):
+        self._run_id += 1
+
+
+class _Mem:
+    def __init__(self, bits):
+        self._all = (1 << bits) - 1
+
+    def __getitem__(self, addr):
+        return self._all if _wdt_running else 0
+
+    def __setitem__(self, addr, value):
+        pass
+
+
+mem8 = _Mem(8)
+mem16 = _Mem(16)
+mem32 = _Mem(32)
 
 
 def _held_levels():
