@@ -68,21 +68,23 @@ class DeviceError(Exception):
     pass
 
 
-def _is_url(port):
-    return "://" in port
+def _is_path(port):
+    # /dev/ttyUSB0 or ./sim-port: a file that must exist. COM3 (Windows) and socket://, rfc2217:// URLs
+    # are opened as they are.
+    return "://" not in port and os.sep in port
 
 
 class Board:
     def __init__(self, port, timeout=10.0):
         self.port = port
         self.timeout = timeout
-        if not _is_url(port) and not os.path.exists(port):
+        if _is_path(port) and not os.path.exists(port):
             raise DeviceError("no device at %s: is the board plugged in, and is that its port? (`mpremote devs` "
                               "lists serial ports; a simulated board prints its own)" % port)
         try:
             self.t = SerialTransport(port, baudrate=115200)
         except TransportError as e:
-            raise DeviceError("cannot open %s: %s (is another program, e.g. `mpremote repl`, using it?)" % (port, e))
+            raise DeviceError("cannot open %s: %s (a wrong port name, or another program such as `mpremote repl` has it open)" % (port, e))
         except Exception as e:  # pyserial raises its own types for a path that is not a serial port
             raise DeviceError("cannot open %s as a serial port: %s" % (port, e))
 
