@@ -108,7 +108,8 @@ def deploy(args, out=say):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python3 -m tools.deploy", description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--board", required=True, choices=plan.boards(),
                     help="board table from boards/ (unix: the simulated board, python3 -m tools.simboard)")
     ap.add_argument("--port", required=True, metavar="DEVICE",

@@ -84,7 +84,8 @@ class Board:
         try:
             self.t = SerialTransport(port, baudrate=115200)
         except TransportError as e:
-            raise DeviceError("cannot open %s: %s (a wrong port name, or another program such as `mpremote repl` has it open)" % (port, e))
+            raise DeviceError("cannot open %s: %s (a wrong port name, or another program such as `mpremote repl` "
+                              "has it open)" % (port, e))
         except Exception as e:  # pyserial raises its own types for a path that is not a serial port
             raise DeviceError("cannot open %s as a serial port: %s" % (port, e))
 

@@ -42,7 +42,8 @@ def _size(text):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python3 -m tools.simboard", description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--flash", required=True, metavar="DIR", help="the board's filesystem: a directory")
     ap.add_argument("--link", metavar="PATH", help="also make PATH a symlink to the port (removed at exit)")
     ap.add_argument("--hold-pin", type=_pin, action="append", default=[], metavar="PIN[=LEVEL]",
