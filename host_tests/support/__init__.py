@@ -8,6 +8,7 @@ Processes and servers on loopback:
   mp_sansio        the sans-IO core's checks as a script, for MicroPython (no pytest there)
   scripted_server  a threaded loopback TCP server that a test drives step by step
   netns            network namespaces joined by a veth pair (root only)
+  simboard_proc    the simulated board (tools.simboard) as a process, and its serial console
 Doubles, run in-process:
   client_harness   the real Client on fake_sockets and the virtual clock, its event lines parsed
   fake_sockets     a scripted network with compat.Net's interface (refusals, hangs, partial I/O)
