@@ -41,6 +41,14 @@ def test_waits_consume_in_order_and_rest_returns_what_is_left():
     assert p.proc.returncode == 0
 
 
+def test_past_finds_an_event_already_read_even_if_consumed():
+    with child("print('1 a n=1'); print('2 b'); print('3 a n=2')") as p:
+        p.wait_event("b", timeout=10)  # consumes `1 a n=1` on the way
+        assert p.wait_event("a", timeout=10, past=True).ms == 1
+        assert p.wait_event("a", timeout=10).ms == 3  # without `past`: the next one not consumed yet
+        assert p.wait_event("b", timeout=10, where=lambda f: True, past=True).ms == 2
+
+
 def test_a_wait_fails_when_the_output_ends_naming_the_event_and_the_last_lines():
     with child("print('1 a'); print('last words')") as p:
         with pytest.raises(WaitFailed) as e:

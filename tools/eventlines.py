@@ -123,11 +123,16 @@ class EventProc:
         return "%s not seen within %.1fs (%s, process %s); last lines:\n    %s" % (
             what, timeout, self.label, "running" if rc is None else "exited rc=%s" % rc, lines)
 
-    def wait_event(self, name, timeout=10.0, where=None):
+    def wait_event(self, name, timeout=10.0, where=None, past=False):
         """Consume events until one named `name` (and satisfying `where(fields)`) arrives; return it.
+        With `past`, the first such event read so far, consumed or not, is returned at once if there is one.
 
         Events consumed on the way stay in self.events. Raises WaitFailed at the deadline or when the
         process ends first."""
+        if past:
+            for ev in list(self.events):
+                if ev.name == name and (where is None or where(ev.fields)):
+                    return ev
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
