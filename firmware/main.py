@@ -19,7 +19,11 @@ def main(config_path="config.json", board_path="board.json"):
     from hbkeep.client import Client  # imported after the config is known good: less heap on a failed start
 
     net = compat.Net()
-    client = Client(cfg, board, net)
+    try:
+        client = Client(cfg, board, net)
+    except ValueError as e:  # an unreadable TLS CA file (tls.CaError): named like any config error
+        compat.write_line("%s config_error %s" % (compat.ticks_ms(), str(e).replace(" ", "_")))
+        return 2
     try:
         compat.run(_board_services(client, cfg, board))
     except KeyboardInterrupt:

@@ -37,6 +37,20 @@ KEEPALIVE_SPEC = {
 # Only used on boards. Values are never printed, not even in errors.
 WIFI_KEYS = ("ssid", "password")
 
+# TLS (docs/SECURITY.md): the CA file on flash, the name checked and sent as SNI (default: host).
+TLS_SPEC = {
+    "ca": (STR, None),
+    "server_hostname": (STR, None),
+    "handshake_timeout_ms": (INT, 5000, 100, 600000),
+}
+# Device authentication (docs/SECURITY.md). The key is never printed, not even in errors.
+AUTH_SPEC = {
+    "id": (STR, None),
+    "key": (STR, None),
+    "timeout_ms": (INT, 5000, 100, 600000),
+}
+NESTED = ("keepalive", "wifi", "tls", "auth")
+
 
 class ConfigError(ValueError):
     pass
@@ -70,13 +84,15 @@ class Config:
         if not isinstance(user, dict):
             raise ConfigError("config: expected a JSON object at the top level")
         for name in user:
-            if name not in SPEC and name not in ("keepalive", "wifi"):
-                raise ConfigError("%s: unknown key (known: %s)" % (name, ", ".join(sorted(list(SPEC) + ["keepalive", "wifi"]))))
+            if name not in SPEC and name not in NESTED:
+                raise ConfigError("%s: unknown key (known: %s)" % (name, ", ".join(sorted(list(SPEC) + list(NESTED)))))
         for name in SPEC:
             spec = SPEC[name]
             setattr(self, name, _check(name, spec, user[name]) if name in user else spec[1])
         self._keepalive(user.get("keepalive", {}))
         self._wifi(user.get("wifi"))
+        self._tls(user.get("tls"))
+        self._auth(user.get("auth"))
 
     def _keepalive(self, ka):
         self.keepalive = ka is not False
@@ -107,6 +123,47 @@ class Config:
         self.wifi_ssid = wifi.get("ssid")
         self.wifi_password = wifi.get("password")
 
+    def _section(self, section, obj, spec, required):
+        # Flattened into <section>_<key> attributes; absent keys take their defaults.
+        if not isinstance(obj, dict):
+            raise ConfigError("%s: expected an object {%s}" % (section, ", ".join(sorted(spec))))
+        for name in obj:
+            if name not in spec:
+                raise ConfigError("%s.%s: unknown key (known: %s)" % (section, name, ", ".join(sorted(spec))))
+        for name in required:
+            if name not in obj:
+                raise ConfigError("%s.%s: required" % (section, name))
+        if self.mode != "framed":
+            raise ConfigError("%s: needs \"mode\": \"framed\" (raw mode has no frames to carry it)" % section)
+
+    def _tls(self, tls):
+        # None when off: the client then never imports the TLS module.
+        self.tls_ca = self.tls_server_hostname = None
+        self.tls_handshake_timeout_ms = TLS_SPEC["handshake_timeout_ms"][1]
+        if tls is None:
+            return
+        self._section("tls", tls, TLS_SPEC, ("ca",))
+        for name in TLS_SPEC:
+            if name in tls:
+                setattr(self, "tls_" + name, _check("tls." + name, TLS_SPEC[name], tls[name]))
+
+    def _auth(self, auth):
+        self.auth_id = self.auth_key = None
+        self.auth_timeout_ms = AUTH_SPEC["timeout_ms"][1]
+        if auth is None:
+            return
+        self._section("auth", auth, AUTH_SPEC, ("id", "key"))
+        from .auth import check_id, parse_key  # only when authentication is configured
+
+        try:
+            check_id(auth["id"])
+            self.auth_key = parse_key(auth["key"])  # its errors never repeat the value
+        except ValueError as e:
+            raise ConfigError("auth.%s" % e)
+        self.auth_id = auth["id"]
+        if "timeout_ms" in auth:
+            self.auth_timeout_ms = _check("auth.timeout_ms", AUTH_SPEC["timeout_ms"], auth["timeout_ms"])
+
 
 def load(path):
     import json
@@ -124,7 +181,11 @@ def load(path):
         data = json.loads(text)
     except ValueError as e:
         raise ConfigError("%s: not valid JSON (%s)" % (path, e))
-    return Config(data)
+    cfg = Config(data)
+    ca = cfg.tls_ca
+    if ca and not ca.startswith("/") and "/" in path:
+        cfg.tls_ca = path[: path.rfind("/") + 1] + ca  # relative to the config file, as on the board
+    return cfg
 
 
 def _balanced(text):
