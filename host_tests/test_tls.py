@@ -1,0 +1,170 @@
+"""TLS end to end: the firmware (CPython and the MicroPython unix port) against tools.hbserver --tls-cert,
+over loopback, with certificates made fresh by tools.certs. A refused certificate is a connect_failed with
+a tls_* reason and then the usual retry; a handshake that never ends is bounded; beats, echo probes and
+the CA file's two encodings work; a plaintext device never gets in."""
+import socket
+import threading
+
+import pytest
+
+from firmware.hbkeep import tls as fwtls
+from firmware.hbkeep.config import Config, ConfigError
+from fwproc import FwProc, runtime  # noqa: F401  (the runtime fixture: cpython and micropython)
+from seckit import pki  # noqa: F401  (session fixture: CA, server certificates, an expired one)
+from test_hbserver_firmware import ServerProc
+
+
+def tls_cfg(port, ca, **over):
+    cfg = {"port": port, "beat_ms": 100, "stats_ms": 0, "retry_ms": 50,
+           "tls": {"ca": ca, "server_hostname": "localhost", "handshake_timeout_ms": 3000}}
+    for k, v in over.items():
+        if k.startswith("tls_"):
+            cfg["tls"][k[4:]] = v
+        else:
+            cfg[k] = v
+    return cfg
+
+
+@pytest.mark.parametrize("ca_form", ["pem", "der"])
+def test_beats_and_echo_probes_over_tls(runtime, pki, ca_form):
+    srv = ServerProc("--tick-ms", "100", "--offline-ticks", "5", "--probe-ms", "50", "--summary-ms", "200",
+                     *pki.server_args())
+    try:
+        ca = pki.ca_pem if ca_form == "pem" else pki.ca_der
+        with FwProc(runtime, tls_cfg(srv.port, ca)) as fw:
+            ready = fw.wait_event("tls_ready", timeout=15)
+            assert ready.fields["server_hostname"] == "localhost"
+            fw.wait_event("connected", timeout=5)
+            srv.wait("online")
+            s = srv.wait("summary", timeout=20, where=lambda e: int(e["probes_ok"]) >= 10)
+            assert int(s["probes_bad"]) == 0 and float(s["beats_per_s"]) > 0
+            assert fw.count("disconnected") == 0 and fw.count("connect_failed") == 0
+    finally:
+        assert srv.stop() == 0
+    assert not [e for e in srv.events if e["ev"] in ("tls_failed", "protocol_error", "offline")]
+
+
+@pytest.mark.parametrize("case,reason", [
+    ("wrong_ca", "tls_untrusted"),
+    ("wrong_hostname", "tls_hostname"),
+    ("expired", "tls_expired"),
+])
+def test_a_refused_certificate_is_a_tls_connect_failure_then_a_retry(runtime, pki, case, reason):
+    srv = ServerProc("--tick-ms", "100", "--summary-ms", "0", *pki.server_args(expired=case == "expired"))
+    try:
+        cfg = tls_cfg(srv.port, pki.other_ca_pem if case == "wrong_ca" else pki.ca_pem)
+        if case == "wrong_hostname":
+            cfg["tls"]["server_hostname"] = "not-this-server.example"
+        with FwProc(runtime, cfg) as fw:
+            first = fw.wait_event("connect_failed", timeout=15)
+            assert first.fields["reason"] == reason, first.line
+            again = fw.wait_event("connect_failed", timeout=10)  # the usual retry, refused again
+            assert again.fields["reason"] == reason and int(again.fields["attempt"]) > int(first.fields["attempt"])
+            assert fw.count("connected") == 0
+        srv.wait("tls_failed")  # the server saw the device walk away from the handshake
+    finally:
+        assert srv.stop() == 0
+    assert not [e for e in srv.events if e["ev"] == "online"]
+
+
+def test_a_plaintext_device_never_gets_into_a_tls_server(runtime, pki):
+    srv = ServerProc("--tick-ms", "100", "--summary-ms", "0", "--handshake-timeout-ms", "500", *pki.server_args())
+    try:
+        with FwProc(runtime, {"port": srv.port, "beat_ms": 100, "stats_ms": 0, "retry_ms": 50}) as fw:
+            fw.wait_event("connected", timeout=15)  # TCP is up; the device's first beat is not a ClientHello
+            failed = srv.wait("tls_failed")
+            assert failed["reason"] not in ("timeout",), failed  # refused at once, not left to expire
+            fw.wait_event("disconnected", timeout=10)
+            fw.wait_event("connected", timeout=10)  # and it keeps trying, as after any disconnect
+    finally:
+        assert srv.stop() == 0
+    assert not [e for e in srv.events if e["ev"] == "online"]
+
+
+class SilentServer:
+    """Accepts and reads, never answers: a TLS handshake against it can only time out."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.conns.append(self.sock.accept()[0])
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def close(self):
+        self._stop.set()
+        self._t.join(timeout=5)
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_a_handshake_that_never_ends_is_bounded_and_the_loop_keeps_running(runtime, pki):
+    srv = SilentServer()
+    try:
+        cfg = tls_cfg(srv.port, pki.ca_pem, tls_handshake_timeout_ms=300, stats_ms=100, beat_ms=50)
+        with FwProc(runtime, cfg) as fw:
+            failed = fw.wait_event("connect_failed", timeout=15)
+            assert failed.fields["reason"] == "tls_timeout" and failed.fields["detail"] == "300ms"
+            assert 250 <= int(failed.fields["took_ms"]) < 3000
+            # The event loop ran during the handshake: the stats task printed on schedule meanwhile.
+            stats_during = [e for e in fw.events if e.name == "stats" and e.ms < failed.ms]
+            assert len(stats_during) >= 2
+            fw.wait_event("connect_failed", timeout=10, where=lambda f: f["reason"] == "tls_timeout")
+    finally:
+        srv.close()
+
+
+# -- the tls module on its own ----------------------------------------------------------------------------
+
+def test_ca_file_in_either_encoding_gives_the_same_der(pki, tmp_path):
+    der = open(pki.ca_der, "rb").read()
+    assert fwtls.der_from_file(pki.ca_pem) == der
+    assert fwtls.der_from_file(pki.ca_der) == der
+    bad = tmp_path / "bad.pem"
+    bad.write_bytes(b"hello")
+    with pytest.raises(fwtls.CaError, match="neither a PEM certificate nor a DER one"):
+        fwtls.der_from_file(str(bad))
+    with pytest.raises(fwtls.CaError, match="cannot read .*ENOENT"):
+        fwtls.der_from_file(str(tmp_path / "missing.pem"))
+
+
+def test_config_tls_section():
+    cfg = Config({"host": "hb.lan", "tls": {"ca": "ca.pem"}})
+    assert (cfg.tls_ca, cfg.tls_server_hostname, cfg.tls_handshake_timeout_ms) == ("ca.pem", None, 5000)
+    assert Config({}).tls_ca is None
+    with pytest.raises(ConfigError, match="tls.ca: required"):
+        Config({"tls": {}})
+    with pytest.raises(ConfigError, match="tls.handshake_timeout_ms: expected an integer from 100"):
+        Config({"tls": {"ca": "ca.pem", "handshake_timeout_ms": 5}})
+    with pytest.raises(ConfigError, match="tls: needs \"mode\": \"framed\""):
+        Config({"mode": "raw", "tls": {"ca": "ca.pem"}})
+
+
+def test_config_ca_path_is_relative_to_the_config_file(tmp_path):
+    from firmware.hbkeep.config import load
+
+    p = tmp_path / "config.json"
+    p.write_text('{"tls": {"ca": "ca.der"}}')
+    assert load(str(p)).tls_ca == str(tmp_path / "ca.der")
+
+
+def test_missing_ca_file_stops_start_up_with_a_config_error(runtime, tmp_path):
+    with FwProc(runtime, {"tls": {"ca": str(tmp_path / "nope.pem")}}) as fw:
+        ev = fw.wait_event("config_error", timeout=15)
+        assert "tls.ca" in ev.line and "nope.pem" in ev.line
+        fw.proc.wait(timeout=10)
+        assert fw.proc.returncode == 2
