@@ -59,10 +59,11 @@ def parse_keys(data, where="auth_keys"):
 def server_context(cert, key):
     """A TLS server context for --tls-cert/--tls-key; ValueError naming the file otherwise."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for option, path in (("--tls-cert", cert), ("--tls-key", key)):
+        if not os.path.isfile(path):
+            raise ValueError("%s %s: no such file" % (option, path))
     try:
         ctx.load_cert_chain(cert, key)
-    except FileNotFoundError as e:
-        raise ValueError("--tls-cert/--tls-key: %s: not found" % e.filename)
     except (ssl.SSLError, OSError) as e:
         raise ValueError("--tls-cert %s / --tls-key %s: cannot load (%s)" % (cert, key, e))
     # Devices never resume sessions; tickets would only cost them bytes (and some MicroPython builds
