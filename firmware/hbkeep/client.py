@@ -142,8 +142,9 @@ class Client:
             return None
         applied, lacking, failed = sockopts.apply(net, sock, self.board.get("sockopts", {}), cfg)
         pre = 0
-        if self.tls is not None:  # after the socket options: a TLS socket has no setsockopt
-            sock, pre = await self._tls_start(sock, t0)
+        tlsc = self.tls
+        if tlsc is not None:  # after the socket options: a TLS socket has no setsockopt
+            sock, pre = await self._tls_start(tlsc, sock, t0)
             if sock is None:
                 return None
         st.connects += 1
@@ -152,11 +153,12 @@ class Client:
             "took_ms", ticks_diff(ticks_ms(), t0), "applied", ",".join(applied),
             "lacking", ",".join(lacking), "failed", ",".join(failed),
         )
-        if self.auth is not None and not await self._authenticate(sock, pre):
+        auth = self.auth
+        if auth is not None and not await self._authenticate(auth, sock, pre):
             return None
         return sock
 
-    async def _tls_start(self, raw, t0):
+    async def _tls_start(self, tlsc, raw, t0):
         """Wrap and handshake; returns (TLS socket, bytes of the CHALLENGE already read) or (None, 0)
         after a connect_failed event. The handshake completes with the session's first transfer
         (see tls.py): the CHALLENGE's first bytes with authentication, else a first beat."""
@@ -165,19 +167,19 @@ class Client:
         net = self.net
         sock = None
         reason = None
+        detail = None
+        n = 0
         try:
-            sock = self.tls.wrap(raw)
+            sock = tlsc.wrap(raw)
             if self.auth is not None:
-                n = await compat.wait_for_ms(tls.handshake(sock, self.auth.challenge_view(), 0),
-                                             self.tls.timeout_ms)
+                n = await compat.wait_for_ms(tls.handshake(sock, self.auth.challenge_view(), 0), tlsc.timeout_ms)
                 if n == 0:
                     reason, detail = tls.CLOSED, "eof"
             else:
-                n = await compat.wait_for_ms(tls.handshake(sock, self.beat, HEADER_SIZE), self.tls.timeout_ms)
+                await compat.wait_for_ms(tls.handshake(sock, self.beat, HEADER_SIZE), tlsc.timeout_ms)
                 self.stats.beats_sent += 1
-                n = 0
         except compat.TimeoutError:
-            reason, detail = tls.TIMEOUT, "%dms" % self.tls.timeout_ms
+            reason, detail = tls.TIMEOUT, "%dms" % tlsc.timeout_ms
         except (OSError, ValueError) as e:
             reason, detail = tls.failure(e)
         except compat.CancelledError:
@@ -185,7 +187,7 @@ class Client:
             net.close(raw)
             raise
         if reason is None:
-            self.ev.emit("tls_ready", "took_ms", ticks_diff(ticks_ms(), t0), "server_hostname", self.tls.hostname)
+            self.ev.emit("tls_ready", "took_ms", ticks_diff(ticks_ms(), t0), "server_hostname", tlsc.hostname)
             return sock, n if n > 0 else 0
         if sock is not None:
             net.close(sock)
@@ -198,7 +200,7 @@ class Client:
         )
         return None, 0
 
-    async def _authenticate(self, sock, pre):
+    async def _authenticate(self, auth, sock, pre):
         """The CHALLENGE / AUTH / WELCOME exchange before the session starts. False (after a
         `disconnected reason=auth` event, the socket closed) when the server did not prove the key."""
         from .auth import AuthError
@@ -206,7 +208,7 @@ class Client:
         t0 = ticks_ms()
         detail = None
         try:
-            await compat.wait_for_ms(self._auth_exchange(sock, pre), self.cfg.auth_timeout_ms)
+            await compat.wait_for_ms(self._auth_exchange(auth, sock, pre), self.cfg.auth_timeout_ms)
         except AuthError as e:
             detail = e.args[0]
         except compat.TimeoutError:
@@ -226,8 +228,7 @@ class Client:
         self.ev.emit("disconnected", "reason", R_AUTH, "detail", detail, "up_ms", ticks_diff(now, t0))
         return False
 
-    async def _auth_exchange(self, sock, pre):
-        auth = self.auth
+    async def _auth_exchange(self, auth, sock, pre):
         view = auth.challenge_view()
         await self._read_exactly(sock, view, pre)
         frame = auth.answer(view)

@@ -91,8 +91,9 @@ class Config:
             setattr(self, name, _check(name, spec, user[name]) if name in user else spec[1])
         self._keepalive(user.get("keepalive", {}))
         self._wifi(user.get("wifi"))
-        self._tls(user.get("tls"))
-        self._auth(user.get("auth"))
+        framed = user.get("mode", "framed") == "framed"
+        self._tls(user.get("tls"), framed)
+        self._auth(user.get("auth"), framed)
 
     def _keepalive(self, ka):
         self.keepalive = ka is not False
@@ -123,7 +124,7 @@ class Config:
         self.wifi_ssid = wifi.get("ssid")
         self.wifi_password = wifi.get("password")
 
-    def _section(self, section, obj, spec, required):
+    def _section(self, section, obj, spec, required, framed):
         # Flattened into <section>_<key> attributes; absent keys take their defaults.
         if not isinstance(obj, dict):
             raise ConfigError("%s: expected an object {%s}" % (section, ", ".join(sorted(spec))))
@@ -133,26 +134,26 @@ class Config:
         for name in required:
             if name not in obj:
                 raise ConfigError("%s.%s: required" % (section, name))
-        if self.mode != "framed":
+        if not framed:
             raise ConfigError("%s: needs \"mode\": \"framed\" (raw mode has no frames to carry it)" % section)
 
-    def _tls(self, tls):
+    def _tls(self, tls, framed):
         # None when off: the client then never imports the TLS module.
         self.tls_ca = self.tls_server_hostname = None
         self.tls_handshake_timeout_ms = TLS_SPEC["handshake_timeout_ms"][1]
         if tls is None:
             return
-        self._section("tls", tls, TLS_SPEC, ("ca",))
+        self._section("tls", tls, TLS_SPEC, ("ca",), framed)
         for name in TLS_SPEC:
             if name in tls:
                 setattr(self, "tls_" + name, _check("tls." + name, TLS_SPEC[name], tls[name]))
 
-    def _auth(self, auth):
+    def _auth(self, auth, framed):
         self.auth_id = self.auth_key = None
         self.auth_timeout_ms = AUTH_SPEC["timeout_ms"][1]
         if auth is None:
             return
-        self._section("auth", auth, AUTH_SPEC, ("id", "key"))
+        self._section("auth", auth, AUTH_SPEC, ("id", "key"), framed)
         from .auth import check_id, parse_key  # only when authentication is configured
 
         try:

@@ -58,13 +58,13 @@ def der_from_file(path):
 
 if MICROPYTHON:
     try:
-        import tls as _tls  # type: ignore[import-not-found]  # the C module (1.23+)
+        import tls as _tls  # the C module (1.23+)
     except ImportError:
         import ssl as _tls  # type: ignore[no-redef]  # a build that only names it ssl
 
     def context(cadata):
         ctx = _tls.SSLContext(_tls.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = _tls.CERT_REQUIRED
+        ctx.verify_mode = _tls.CERT_REQUIRED  # type: ignore[attr-defined]  # real, but not in the board stubs
         ctx.load_verify_locations(cadata)
         return ctx
 
