@@ -3,7 +3,7 @@ tools.hbserver --auth-keys with and without TLS, with a wrong key or an unknown 
 servers that give a wrong proof, something other than WELCOME, or nothing at all."""
 import pytest
 
-from firmware.hbkeep import auth
+from firmware.hbkeep import auth, auth_host
 from firmware.hbkeep.auth import WELCOME
 from fwproc import FwProc, runtime  # noqa: F401  (the runtime fixture: cpython and micropython)
 from seckit import KEY, KEY_HEX, OTHER_KEY, ScriptedAuthServer, pki, write_keys  # noqa: F401
@@ -73,12 +73,12 @@ def test_a_device_the_server_does_not_know_is_dropped_and_retries(runtime, tmp_p
 
 
 def _wrong_proof(payload, snonce):
-    dnonce, _, dev_id = auth.parse_auth(payload)
+    dnonce, _, dev_id = auth_host.parse_auth(payload)
     return auth.frame(WELCOME, auth.server_proof(OTHER_KEY, dnonce, snonce, dev_id))  # not the device's key
 
 
 def _right_proof(payload, snonce):
-    dnonce, _, dev_id = auth.parse_auth(payload)
+    dnonce, _, dev_id = auth_host.parse_auth(payload)
     return auth.frame(WELCOME, auth.server_proof(KEY, dnonce, snonce, dev_id))
 
 

@@ -11,13 +11,13 @@ import sys
 
 import pytest
 
-from firmware.hbkeep import auth, protocol
+from firmware.hbkeep import auth, protocol_host
 from firmware.hbkeep.auth import CHALLENGE
 from seckit import KEY, OTHER_KEY, authenticate, closed_by_peer, open_device, pki, write_keys  # noqa: F401
 from tools.hbserver import HeartbeatServer, ServerConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEART = protocol.encode(protocol.HEART)
+HEART = protocol_host.encode(0)
 
 
 class Recorder:

@@ -23,7 +23,7 @@ import json
 import os
 import ssl
 
-from firmware.hbkeep import auth
+from firmware.hbkeep import auth, auth_host
 from firmware.hbkeep.auth import AUTH, AUTH_MAX, AuthError, CHALLENGE, NONCE_SIZE
 from firmware.hbkeep.protocol import HEADER_SIZE, read_int32
 
@@ -189,15 +189,15 @@ class Gate:
         payload = bytes(buf[HEADER_SIZE:])
         known = None
         try:
-            dnonce = auth.parse_auth(payload)[0]
+            dnonce = auth_host.parse_auth(payload)[0]
             if dnonce in self.recent:
-                known = auth.parse_auth(payload)[2]
-                raise AuthError(auth.REPLAY)
-            dev_id, dnonce, welcome = auth.verify_auth(self.keys, p.snonce, payload)
+                known = auth_host.parse_auth(payload)[2]
+                raise AuthError(auth_host.REPLAY)
+            dev_id, dnonce, welcome = auth_host.verify_auth(self.keys, p.snonce, payload)
         except AuthError as e:
             reason = e.args[0]
-            if reason == auth.BAD_MAC:
-                known = auth.parse_auth(payload)[2]
+            if reason == auth_host.BAD_MAC:
+                known = auth_host.parse_auth(payload)[2]
             self._fail(conn, "auth_failed", reason, dev_id=known if known in self.keys else None)
             return
         self.recent[dnonce] = True
