@@ -168,3 +168,55 @@ def test_missing_ca_file_stops_start_up_with_a_config_error(runtime, tmp_path):
         assert "tls.ca" in ev.line and "nope.pem" in ev.line
         fw.proc.wait(timeout=10)
         assert fw.proc.returncode == 2
+
+
+def test_fleet_speaks_tls_and_authenticates(pki, tmp_path):
+    import subprocess
+    import sys
+
+    from seckit import KEY, OTHER_KEY, write_keys
+    from test_hbserver_firmware import ROOT
+
+    keys = write_keys(tmp_path / "keys.json", {"dev-1": KEY, "dev-2": OTHER_KEY})
+    srv = ServerProc("--tick-ms", "200", "--summary-ms", "0", "--auth-keys", keys, *pki.server_args())
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "tools.fleet", "--clients", "3", "--server", "127.0.0.1:%d" % srv.port,
+             "--seconds", "2", "--beat-ms", "200", "--tls-ca", pki.ca_pem, "--tls-name", "localhost",
+             "--auth-keys", keys], capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        report = [line for line in out.stdout.splitlines() if " fleet_report " in line][0]
+        assert " connects=3 " in report and " device_errors=0" in report
+        onl = [e for e in srv.events if e["ev"] == "online"] or [srv.wait("online")]
+        assert {e["client"] for e in onl} <= {"dev-1", "dev-2"}
+    finally:
+        assert srv.stop() == 0
+    assert int(srv.wait("stopped")["beats"]) > 0
+    assert not [e for e in srv.events if e["ev"] in ("auth_failed", "tls_failed")]
+    assert KEY.hex() not in out.stdout + out.stderr
+
+
+def test_the_plain_default_loads_neither_tls_nor_auth_on_micropython(pki):
+    """Lazy imports: a device without "tls"/"auth" never loads those modules (nor mbedTLS's bindings)."""
+    import subprocess
+
+    from fwproc import micropython_status, require_runtime
+    from tools import hostrun
+
+    require_runtime("micropython")
+    argv = micropython_status()[1]
+    script = (
+        "import sys\nsys.path.insert(0, %r)\n"
+        "from hbkeep.config import Config\nfrom hbkeep.client import Client\n"
+        "Client(Config(%s), {})\n"
+        "print(' '.join(m for m in ('hbkeep.tls', 'hbkeep.auth', 'tls', 'ssl', 'hashlib') if m in sys.modules))\n"
+    )
+    plain = subprocess.run(argv + ["-c", script % (hostrun.FIRMWARE_DIR, "{}")], capture_output=True,
+                           text=True, timeout=60)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.split() == []
+    secured = {"tls": {"ca": pki.ca_der}, "auth": {"id": "d", "key": "ab" * 16}}
+    both = subprocess.run(argv + ["-c", script % (hostrun.FIRMWARE_DIR, secured)], capture_output=True,
+                          text=True, timeout=60)
+    assert both.returncode == 0, both.stderr
+    assert {"hbkeep.tls", "hbkeep.auth"} <= set(both.stdout.split())  # (built-in modules are not listed)
