@@ -14,7 +14,7 @@ DEPS_STAMP := $(VENV)/.requirements-dev.stamp
 STUBS := $(VENV)/stubs
 STUB_PORTS := esp32 rp2
 
-.PHONY: help setup test mpy typecheck run bench bench-server clean distclean
+.PHONY: help setup test mpy typecheck run bench bench-server bench-tls clean distclean
 
 help: ## list the targets (default)
 	@echo "Targets:"
@@ -56,6 +56,9 @@ bench: $(DEPS_STAMP) ## run the benchmark (tools/bench.py)
 
 bench-server: $(DEPS_STAMP) ## run the benchmark server (tools/bench_server.py)
 	$(PY) -m tools.bench_server
+
+bench-tls: setup ## TLS handshake time and heap on MicroPython (tools/tlsbench.py)
+	$(PY) -m tools.tlsbench
 
 clean: ## remove build outputs (build/); .venv and .cache stay
 	rm -rf build

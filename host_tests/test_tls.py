@@ -220,3 +220,22 @@ def test_the_plain_default_loads_neither_tls_nor_auth_on_micropython(pki):
                           text=True, timeout=60)
     assert both.returncode == 0, both.stderr
     assert {"hbkeep.tls", "hbkeep.auth"} <= set(both.stdout.split())  # (built-in modules are not listed)
+
+
+def test_tls_benchmark_reports_its_figures_from_the_firmwares_handshake():
+    import subprocess
+    import sys
+
+    from fwproc import require_runtime
+    from test_hbserver_firmware import ROOT
+
+    require_runtime("micropython")
+    p = subprocess.run([sys.executable, "-m", "tools.tlsbench", "--rounds", "3"], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    figures = dict(line.split("=", 1) for line in p.stdout.split())
+    assert figures["runtime"].startswith("micropython") and figures["rounds"] == "3"
+    for key in ("handshake_ms_median", "heap_context_bytes", "heap_peak_during_handshake_bytes",
+                "heap_held_by_open_tls_socket_bytes", "heap_growth_per_round_bytes"):
+        int(figures[key])  # a number, measured
+    assert int(figures["heap_peak_during_handshake_bytes"]) > 0  # the handshake allocates on the heap
