@@ -239,3 +239,19 @@ def test_tls_benchmark_reports_its_figures_from_the_firmwares_handshake():
                 "heap_held_by_open_tls_socket_bytes", "heap_growth_per_round_bytes"):
         int(figures[key])  # a number, measured
     assert int(figures["heap_peak_during_handshake_bytes"]) > 0  # the handshake allocates on the heap
+
+
+def test_failed_handshakes_leave_no_descriptor_behind(runtime, pki):
+    import os
+
+    srv = ServerProc("--tick-ms", "100", "--summary-ms", "0", *pki.server_args())
+    try:
+        with FwProc(runtime, tls_cfg(srv.port, pki.other_ca_pem, retry_ms=10)) as fw:
+            fw.wait_event("connect_failed", timeout=15, where=lambda f: f["attempt"] == "3")
+            fds = lambda: len(os.listdir("/proc/%d/fd" % fw.proc.pid))  # noqa: E731
+            early = fds()
+            fw.wait_event("connect_failed", timeout=30, where=lambda f: f["attempt"] == "40")
+            # 37 more refused handshakes; at most the one attempt in flight may differ between the counts
+            assert fds() <= early + 1
+    finally:
+        assert srv.stop() == 0

@@ -75,6 +75,8 @@ class ServerConfig:
         need(self.backlog >= 1, "backlog must be at least 1, got %r" % (self.backlog,))
         need((self.tls_cert is None) == (self.tls_key is None),
              "tls_cert and tls_key go together: give both or neither")
+        need(self.auth_keys is None or self.probe_mode == "framed",
+             "auth_keys needs probe_mode 'framed': authentication is made of frames, raw clients cannot do it")
         for name in ("auth_timeout_ms", "handshake_timeout_ms", "max_pending", "auth_fail_limit",
                      "auth_fail_window_ms"):
             need(getattr(self, name) >= 1, "%s must be at least 1, got %r" % (name, getattr(self, name)))
