@@ -42,6 +42,11 @@ async def _board_services(client, cfg, board):
         compat.create_task(station.keep())
     if cfg.wdt_ms:
         compat.create_task(_feed_watchdog(cfg, board, client.ev))
+    if cfg.tls_ca and board.get("rtc"):
+        # Certificate dates are checked against the RTC, which a board starts at its epoch: set it.
+        from hbkeep import sntp
+
+        compat.create_task(sntp.keep(cfg.tls_ntp_host, client.ev, lambda: client.net.link_up()))
     await client.run()
 
 

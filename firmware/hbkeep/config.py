@@ -42,6 +42,7 @@ TLS_SPEC = {
     "ca": (STR, None),
     "server_hostname": (STR, None),
     "handshake_timeout_ms": (INT, 5000, 100, 600000),  # the default is also set in Config._tls
+    "ntp_host": (STR, "pool.ntp.org"),  # boards set their clock from it (certificate dates); default in _tls
 }
 # Device authentication (docs/SECURITY.md). The key is never printed, not even in errors.
 AUTH_SPEC = {
@@ -111,6 +112,7 @@ class Config:
     tls_ca: "str | None"
     tls_server_hostname: "str | None"
     tls_handshake_timeout_ms: int
+    tls_ntp_host: str
     # "auth": {id, key, timeout_ms}; auth_id is None when off; auth_key (bytes) is never printed
     auth_id: "str | None"
     auth_key: "bytes | None"
@@ -178,6 +180,7 @@ class Config:
         # None when off: the client then never imports the TLS module.
         self.tls_ca = self.tls_server_hostname = None
         self.tls_handshake_timeout_ms = 5000
+        self.tls_ntp_host = "pool.ntp.org"
         if tls is None:
             return
         self._section("tls", tls, TLS_SPEC, ("ca",), framed)
