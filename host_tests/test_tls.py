@@ -256,3 +256,19 @@ def test_failed_handshakes_leave_no_descriptor_behind(runtime, pki):
             assert fds() <= early + 1
     finally:
         assert srv.stop() == 0
+
+
+def test_deploy_ships_the_ca_file_beside_the_config(pki, tmp_path):
+    import json
+    import shutil
+
+    from tools.deploy import plan
+
+    shutil.copy(pki.ca_der, tmp_path / "lab-ca.der")
+    (tmp_path / "config.json").write_text(json.dumps({"tls": {"ca": "lab-ca.der", "server_hostname": "hb.lan"}}))
+    out = plan.files("unix", plan.load_config(str(tmp_path / "config.json")), source=True)
+    assert out["lab-ca.der"] == open(pki.ca_der, "rb").read()
+    assert json.loads(out["config.json"])["tls"] == {"ca": "lab-ca.der", "server_hostname": "hb.lan"}
+    (tmp_path / "config.json").write_text(json.dumps({"tls": {"ca": "missing.der"}}))
+    with pytest.raises(plan.PlanError, match="tls.ca .*missing.der: no such file"):
+        plan.load_config(str(tmp_path / "config.json"))
