@@ -44,11 +44,12 @@ def test_own_hmac_matches_cpython_hmac(key, msg):
     assert auth.hmac_sha256(key, msg).hex() == reference(key, msg)
 
 
-def test_own_hmac_on_micropython_matches_cpython_hmac():
-    """The firmware's HMAC as the MicroPython tier runs it (no hmac module there), on every vector,
+@pytest.mark.parametrize("tier", ["micropython", "micropython32"])
+def test_own_hmac_on_micropython_matches_cpython_hmac(tier):
+    """The firmware's HMAC as each MicroPython tier runs it (no hmac module there), on every vector,
     plus the exchange's own messages."""
-    require_runtime("micropython")
-    ok, argv = micropython_status()
+    require_runtime(tier)
+    ok, argv = micropython_status(tier)
     vectors = RFC4231 + [(KEY, auth.DEVICE_LABEL + b"s" * 16 + b"d" * 16 + b"dev-1"), (b"k" * 64, b"")]
     script = (
         "import sys\nsys.path.insert(0, %r)\n"

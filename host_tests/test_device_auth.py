@@ -5,7 +5,7 @@ import pytest
 
 from firmware.hbkeep import auth, auth_host
 from firmware.hbkeep.auth import WELCOME
-from fwproc import FwProc, runtime  # noqa: F401  (the runtime fixture: cpython and micropython)
+from fwproc import FwProc, any_runtime  # noqa: F401  (cpython, micropython and the 32-bit micropython)
 from seckit import KEY, KEY_HEX, OTHER_KEY, ScriptedAuthServer, pki, write_keys  # noqa: F401
 from test_hbserver_firmware import ServerProc
 
@@ -24,7 +24,7 @@ def no_secret_in(text, *secrets):
 
 
 @pytest.mark.parametrize("with_tls", [False, True], ids=["plain", "tls"])
-def test_an_authenticated_device_beats_and_echoes_under_its_id(runtime, pki, tmp_path, with_tls):
+def test_an_authenticated_device_beats_and_echoes_under_its_id(any_runtime, pki, tmp_path, with_tls):
     keys = write_keys(tmp_path / "keys.json", {"dev-1": KEY, "dev-2": OTHER_KEY})
     args = ["--tick-ms", "100", "--offline-ticks", "5", "--probe-ms", "50", "--summary-ms", "200",
             "--auth-keys", keys] + (pki.server_args() if with_tls else [])
@@ -33,7 +33,7 @@ def test_an_authenticated_device_beats_and_echoes_under_its_id(runtime, pki, tmp
         cfg = dev_cfg(srv.port)
         if with_tls:
             cfg["tls"] = {"ca": pki.ca_der, "server_hostname": "localhost"}
-        with FwProc(runtime, cfg) as fw:
+        with FwProc(any_runtime, cfg) as fw:
             ev = fw.wait_event("authenticated", timeout=15)
             assert ev.fields["id"] == "dev-1"
             online = srv.wait("online")
@@ -49,13 +49,13 @@ def test_an_authenticated_device_beats_and_echoes_under_its_id(runtime, pki, tmp
 
 
 @pytest.mark.parametrize("case", ["wrong_key", "unknown_id"])
-def test_a_device_the_server_does_not_know_is_dropped_and_retries(runtime, tmp_path, case):
+def test_a_device_the_server_does_not_know_is_dropped_and_retries(any_runtime, tmp_path, case):
     keys = write_keys(tmp_path / "keys.json", {"dev-1": KEY})
     srv = ServerProc("--tick-ms", "100", "--summary-ms", "0", "--auth-keys", keys, "--auth-fail-limit", "1000")
     try:
         cfg = dev_cfg(srv.port, "dev-1" if case == "wrong_key" else "stranger",
                       OTHER_KEY.hex() if case == "wrong_key" else KEY_HEX)
-        with FwProc(runtime, cfg) as fw:
+        with FwProc(any_runtime, cfg) as fw:
             d = fw.wait_event("disconnected", timeout=15)
             assert d.fields["reason"] == "auth" and d.fields["detail"] == "closed"
             fw.wait_event("disconnected", timeout=10, where=lambda f: f["reason"] == "auth")  # retried
@@ -88,10 +88,10 @@ def _right_proof(payload, snonce):
     (lambda payload, snonce: auth.frame(1, b"hello"), "expected_welcome"),
     (lambda payload, snonce: None, "timeout"),  # a server that never answers the AUTH
 ])
-def test_a_server_that_does_not_prove_the_key_is_left_with_reason_auth(runtime, reply, detail):
+def test_a_server_that_does_not_prove_the_key_is_left_with_reason_auth(any_runtime, reply, detail):
     srv = ScriptedAuthServer(reply)
     try:
-        with FwProc(runtime, dev_cfg(srv.port, auth={"id": "dev-1", "key": KEY_HEX, "timeout_ms": 400})) as fw:
+        with FwProc(any_runtime, dev_cfg(srv.port, auth={"id": "dev-1", "key": KEY_HEX, "timeout_ms": 400})) as fw:
             d = fw.wait_event("disconnected", timeout=15)
             assert d.fields["reason"] == "auth" and d.fields["detail"] == detail, d.line
             fw.wait_event("disconnected", timeout=10)  # and the usual retry
@@ -103,10 +103,10 @@ def test_a_server_that_does_not_prove_the_key_is_left_with_reason_auth(runtime, 
     assert srv.received and all(r[:4] == b"\x03\0\0\0" and len(r) == 8 + 48 + 5 for r in srv.received)
 
 
-def test_the_device_starts_beating_only_after_a_right_welcome(runtime):
+def test_the_device_starts_beating_only_after_a_right_welcome(any_runtime):
     srv = ScriptedAuthServer(_right_proof)
     try:
-        with FwProc(runtime, dev_cfg(srv.port, verbose=True)) as fw:
+        with FwProc(any_runtime, dev_cfg(srv.port, verbose=True)) as fw:
             fw.wait_event("authenticated", timeout=15)
             fw.wait_event("beat", timeout=5)
             lines = [e.name for e in fw.events]

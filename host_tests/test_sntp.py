@@ -105,9 +105,10 @@ def test_keep_waits_for_the_link_before_any_lookup():
     assert ev.lines == []  # link down: no lookup, no query, nothing to report
 
 
-def test_query_on_micropython():
-    require_runtime("micropython")
-    argv = micropython_status()[1]
+@pytest.mark.parametrize("tier", ["micropython", "micropython32"])
+def test_query_on_micropython(tier):
+    require_runtime(tier)
+    argv = micropython_status(tier)[1]
     srv = FakeSntp()
     try:
         script = ("import sys\nsys.path.insert(0, %r)\nimport socket\nfrom hbkeep import sntp, compat\n"

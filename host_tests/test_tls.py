@@ -9,7 +9,7 @@ import pytest
 
 from firmware.hbkeep import tls as fwtls
 from firmware.hbkeep.config import Config, ConfigError
-from fwproc import FwProc, runtime  # noqa: F401  (the runtime fixture: cpython and micropython)
+from fwproc import FwProc, any_runtime  # noqa: F401  (cpython, micropython and the 32-bit micropython)
 from seckit import pki  # noqa: F401  (session fixture: CA, server certificates, an expired one)
 from test_hbserver_firmware import ServerProc
 
@@ -27,19 +27,19 @@ def tls_cfg(port, ca, **over):
 
 
 @pytest.mark.parametrize("ca_form", ["pem", "der"])
-def test_beats_and_echo_probes_over_tls(runtime, pki, ca_form):
+def test_beats_and_echo_probes_over_tls(any_runtime, pki, ca_form):
     srv = ServerProc("--tick-ms", "100", "--offline-ticks", "5", "--probe-ms", "50", "--summary-ms", "200",
                      *pki.server_args())
     try:
         ca = pki.ca_pem if ca_form == "pem" else pki.ca_der
-        with FwProc(runtime, tls_cfg(srv.port, ca)) as fw:
+        with FwProc(any_runtime, tls_cfg(srv.port, ca)) as fw:
             ready = fw.wait_event("tls_ready", timeout=15)
             assert ready.fields["server_hostname"] == "localhost"
             fw.wait_event("connected", timeout=5)
             srv.wait("online")
             s = srv.wait("summary", timeout=20, where=lambda e: int(e["probes_ok"]) >= 10)
             assert int(s["probes_bad"]) == 0 and float(s["beats_per_s"]) > 0
-            assert fw.count("disconnected") == 0 and fw.count("connect_failed") == 0, fw.output()
+            assert fw.count("disconnected") == 0 and fw.count("connect_failed") == 0, fw.output() + str(srv.events)
     finally:
         assert srv.stop() == 0
     assert not [e for e in srv.events if e["ev"] in ("tls_failed", "protocol_error", "offline")]
@@ -50,13 +50,13 @@ def test_beats_and_echo_probes_over_tls(runtime, pki, ca_form):
     ("wrong_hostname", "tls_hostname"),
     ("expired", "tls_expired"),
 ])
-def test_a_refused_certificate_is_a_tls_connect_failure_then_a_retry(runtime, pki, case, reason):
+def test_a_refused_certificate_is_a_tls_connect_failure_then_a_retry(any_runtime, pki, case, reason):
     srv = ServerProc("--tick-ms", "100", "--summary-ms", "0", *pki.server_args(expired=case == "expired"))
     try:
         cfg = tls_cfg(srv.port, pki.other_ca_pem if case == "wrong_ca" else pki.ca_pem)
         if case == "wrong_hostname":
             cfg["tls"]["server_hostname"] = "not-this-server.example"
-        with FwProc(runtime, cfg) as fw:
+        with FwProc(any_runtime, cfg) as fw:
             first = fw.wait_event("connect_failed", timeout=15)
             assert first.fields["reason"] == reason, first.line
             again = fw.wait_event("connect_failed", timeout=10)  # the usual retry, refused again
@@ -68,10 +68,10 @@ def test_a_refused_certificate_is_a_tls_connect_failure_then_a_retry(runtime, pk
     assert not [e for e in srv.events if e["ev"] == "online"]
 
 
-def test_a_plaintext_device_never_gets_into_a_tls_server(runtime, pki):
+def test_a_plaintext_device_never_gets_into_a_tls_server(any_runtime, pki):
     srv = ServerProc("--tick-ms", "100", "--summary-ms", "0", "--handshake-timeout-ms", "500", *pki.server_args())
     try:
-        with FwProc(runtime, {"port": srv.port, "beat_ms": 100, "stats_ms": 0, "retry_ms": 50}) as fw:
+        with FwProc(any_runtime, {"port": srv.port, "beat_ms": 100, "stats_ms": 0, "retry_ms": 50}) as fw:
             fw.wait_event("connected", timeout=15)  # TCP is up; the device's first beat is not a ClientHello
             failed = srv.wait("tls_failed")
             assert failed["reason"] not in ("timeout",), failed  # refused at once, not left to expire
@@ -113,11 +113,11 @@ class SilentServer:
             c.close()
 
 
-def test_a_handshake_that_never_ends_is_bounded_and_the_loop_keeps_running(runtime, pki):
+def test_a_handshake_that_never_ends_is_bounded_and_the_loop_keeps_running(any_runtime, pki):
     srv = SilentServer()
     try:
         cfg = tls_cfg(srv.port, pki.ca_pem, tls_handshake_timeout_ms=300, stats_ms=100, beat_ms=50)
-        with FwProc(runtime, cfg) as fw:
+        with FwProc(any_runtime, cfg) as fw:
             failed = fw.wait_event("connect_failed", timeout=15)
             assert failed.fields["reason"] == "tls_timeout" and failed.fields["detail"] == "300ms"
             assert 250 <= int(failed.fields["took_ms"]) < 3000
@@ -163,8 +163,8 @@ def test_config_ca_path_is_relative_to_the_config_file(tmp_path):
     assert load(str(p)).tls_ca == str(tmp_path / "ca.der")
 
 
-def test_missing_ca_file_stops_start_up_with_a_config_error(runtime, tmp_path):
-    with FwProc(runtime, {"tls": {"ca": str(tmp_path / "nope.pem")}}) as fw:
+def test_missing_ca_file_stops_start_up_with_a_config_error(any_runtime, tmp_path):
+    with FwProc(any_runtime, {"tls": {"ca": str(tmp_path / "nope.pem")}}) as fw:
         ev = fw.wait_event("config_error", timeout=15)
         assert "tls.ca" in ev.line and "nope.pem" in ev.line
         fw.proc.wait(timeout=10)
@@ -197,15 +197,16 @@ def test_fleet_speaks_tls_and_authenticates(pki, tmp_path):
     assert KEY.hex() not in out.stdout + out.stderr
 
 
-def test_the_plain_default_loads_neither_tls_nor_auth_on_micropython(pki):
+@pytest.mark.parametrize("tier", ["micropython", "micropython32"])
+def test_the_plain_default_loads_neither_tls_nor_auth_on_micropython(pki, tier):
     """Lazy imports: a device without "tls"/"auth" never loads those modules (nor mbedTLS's bindings)."""
     import subprocess
 
     from fwproc import micropython_status, require_runtime
     from tools import hostrun
 
-    require_runtime("micropython")
-    argv = micropython_status()[1]
+    require_runtime(tier)
+    argv = micropython_status(tier)[1]
     script = (
         "import sys\nsys.path.insert(0, %r)\n"
         "from hbkeep.config import Config\nfrom hbkeep.client import Client\n"
@@ -223,16 +224,17 @@ def test_the_plain_default_loads_neither_tls_nor_auth_on_micropython(pki):
     assert {"hbkeep.tls", "hbkeep.auth"} <= set(both.stdout.split())  # (built-in modules are not listed)
 
 
-def test_tls_benchmark_reports_its_figures_from_the_firmwares_handshake():
+@pytest.mark.parametrize("tier", ["micropython", "micropython32"])
+def test_tls_benchmark_reports_its_figures_from_the_firmwares_handshake(tier):
     import subprocess
     import sys
 
     from fwproc import require_runtime
     from test_hbserver_firmware import ROOT
 
-    require_runtime("micropython")
-    p = subprocess.run([sys.executable, "-m", "tools.tlsbench", "--rounds", "3"], capture_output=True, text=True,
-                       timeout=120, cwd=ROOT)
+    require_runtime(tier)
+    p = subprocess.run([sys.executable, "-m", "tools.tlsbench", "--runtime", tier, "--rounds", "3"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     figures = dict(line.split("=", 1) for line in p.stdout.split())
     assert figures["runtime"].startswith("micropython") and figures["rounds"] == "3"
@@ -242,12 +244,12 @@ def test_tls_benchmark_reports_its_figures_from_the_firmwares_handshake():
     assert int(figures["heap_peak_during_handshake_bytes"]) > 0  # the handshake allocates on the heap
 
 
-def test_failed_handshakes_leave_no_descriptor_behind(runtime, pki):
+def test_failed_handshakes_leave_no_descriptor_behind(any_runtime, pki):
     import os
 
     srv = ServerProc("--tick-ms", "100", "--summary-ms", "0", *pki.server_args())
     try:
-        with FwProc(runtime, tls_cfg(srv.port, pki.other_ca_pem, retry_ms=10)) as fw:
+        with FwProc(any_runtime, tls_cfg(srv.port, pki.other_ca_pem, retry_ms=10)) as fw:
             fw.wait_event("connect_failed", timeout=15, where=lambda f: f["attempt"] == "3")
             fds = lambda: len(os.listdir("/proc/%d/fd" % fw.proc.pid))  # noqa: E731
             early = fds()

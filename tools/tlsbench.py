@@ -1,10 +1,9 @@
 """What TLS costs the firmware: handshake time and heap, on MicroPython (or CPython).
 
-    python3 -m tools.tlsbench [--runtime micropython] [--rounds 20]
+    python3 -m tools.tlsbench [--runtime micropython32|micropython|cpython] [--rounds 20]
 
 Makes a throw-away CA and server certificate (EC P-256, tools.certs), serves TLS on a loopback port from
-this process, and runs tools/tlsbench_child.py under the chosen runtime (MICROPYTHON picks the binary, as
-for the tests). Prints `key=value` lines:
+this process, and runs tools/tlsbench_child.py under the chosen runtime (found as for the tests). Prints `key=value` lines:
 
 - handshake_ms_median / _max: from wrap to the first beat written (the firmware's own handshake driver);
 - heap_context_bytes: the SSL context with its parsed CA, made once per client;
@@ -49,7 +48,9 @@ def serve(sock, ctx, stop):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python3 -m tools.tlsbench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runtime", choices=("micropython", "cpython"), default="micropython")
+    ap.add_argument("--runtime", choices=("micropython32", "micropython", "cpython"), default="micropython32",
+                    help="micropython32: the 32-bit unix port, a board's int and pointer width (default); "
+                         "micropython: the 64-bit one")
     ap.add_argument("--rounds", type=int, default=20, help="handshakes to measure (default %(default)s)")
     args = ap.parse_args(argv)
     if args.rounds < 1:

@@ -72,7 +72,7 @@ class Conn(asyncio.BufferedProtocol):
         self.srv._admit(self)
 
     def get_buffer(self, sizehint):
-        return self.srv.rbuf
+        return self.srv.rview  # a view of the shared buffer (see HeartbeatServer.rview)
 
     def buffer_updated(self, nbytes):
         if self.state != ONLINE:

@@ -101,6 +101,10 @@ class HeartbeatServer:
         self.raw = config.probe_mode == "raw"
         self.rng = random.Random()
         self.rbuf = bytearray(READ_BUFFER)
+        # What connections hand asyncio to read into. A view, not the bytearray: asyncio's TLS layer
+        # (sslproto) reads a second record into `buf[offset:]`, which for a bytearray is a copy -- the
+        # bytes would be lost and stale ones delivered in their place.
+        self.rview = memoryview(self.rbuf)
         self.loop = None
         self.port = None
         self.clients = set()  # online connections
