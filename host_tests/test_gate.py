@@ -338,3 +338,42 @@ def test_records_arriving_together_over_tls_are_all_delivered(pki):
         finally:
             await srv.stop()
     run(main())
+
+
+def test_bytes_sent_with_the_end_of_the_handshake_are_not_lost(pki):
+    """A device's first beat can arrive with its last handshake message, before start_tls() has returned
+    to the gate: it is kept and counted once the connection is online."""
+    import socket as socket_
+
+    def device(port):
+        # Through memory BIOs, so that the client's last handshake message and its first frames leave in
+        # one segment, as a fast device's may.
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = pki.client_context().wrap_bio(inc, out, server_hostname="localhost")
+        with socket_.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    raw.sendall(out.read())
+                    inc.write(raw.recv(65536))
+            tls.write(HEART + protocol_host.encode(1, b"first"))
+            raw.sendall(out.read())  # the client's Finished and the frames together
+            while True:
+                try:
+                    return tls.read(8)  # the server's HEART reply: it counted the beat
+                except ssl.SSLWantReadError:
+                    inc.write(raw.recv(65536))
+
+    async def main():
+        rec = Recorder()
+        srv = await started(rec, tls_cert=pki.cert, tls_key=pki.key, auth_keys=None, verbose=True)
+        try:
+            for _ in range(5):
+                assert await asyncio.to_thread(device, srv.port) == HEART
+            await rec.wait("data", count=5)
+            assert srv.stats()["beats"] == 5 and not rec.named("protocol_error")
+        finally:
+            await srv.stop()
+    run(main())

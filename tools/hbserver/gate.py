@@ -26,8 +26,12 @@ import ssl
 from firmware.hbkeep import auth, auth_host
 from firmware.hbkeep.auth import AUTH, AUTH_MAX, AuthError, CHALLENGE, NONCE_SIZE
 from firmware.hbkeep.protocol import HEADER_SIZE, read_int32
+from tools.hbserver.conn import ONLINE
 
 REPLAY_MEMORY = 4096  # dnonces of accepted AUTH frames remembered, to name a replayed one as such
+# asyncio's TLS layer can hand over the device's first bytes before start_tls() has returned to us; they
+# are kept (up to this much) and handed on once the connection is admitted.
+EARLY_MAX = 4096
 
 
 def load_keys(path):
@@ -159,6 +163,9 @@ class Gate:
 
     def _challenge(self, conn):
         p = conn.gate
+        if p.buf:  # a device speaks only after CHALLENGE: these bytes cannot be an answer to it
+            self._fail(conn, "auth_failed", "unexpected_frame")
+            return
         p.stage = "auth"
         p.snonce = os.urandom(NONCE_SIZE)
         p.buf = bytearray()
@@ -170,7 +177,14 @@ class Gate:
     def feed(self, conn, data):
         """Bytes from a pending connection (only ever the AUTH frame is expected)."""
         p = conn.gate
-        if conn not in self.pending or p.stage != "auth":
+        if conn not in self.pending:
+            return
+        if p.stage == "tls":  # the handshake just ended, start_tls() has not returned yet: keep them
+            if p.buf is None:
+                p.buf = bytearray()
+            p.buf += data
+            if len(p.buf) > EARLY_MAX:
+                self._fail(conn, "tls_failed", "early_data")
             return
         p.buf += data
         buf = p.buf
@@ -212,8 +226,13 @@ class Gate:
     def _pass(self, conn):
         self._cancel_timer(conn)
         self.pending.discard(conn)
+        early = conn.gate.buf if conn.gate.stage == "tls" else None
         conn.gate = None
         self.srv._admit_now(conn)
+        if early and conn.state == ONLINE:  # what arrived before start_tls() returned, in order
+            n = len(early)
+            self.srv.rbuf[:n] = early
+            conn.buffer_updated(n)
 
     def _fail(self, conn, event, reason, raw=None, dev_id=None):
         """Drop a pending connection with a tls_failed or auth_failed event."""
