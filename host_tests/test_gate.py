@@ -377,3 +377,30 @@ def test_bytes_sent_with_the_end_of_the_handshake_are_not_lost(pki):
         finally:
             await srv.stop()
     run(main())
+
+
+def test_failed_tls_handshakes_leave_nothing_behind(pki):
+    """Every connection the server tracks ends up forgotten: a flood of failed handshakes must not grow it
+    (and shutdown must not wait on them)."""
+    async def main():
+        rec = Recorder()
+        srv = await started(rec, tls_cert=pki.cert, tls_key=pki.key, handshake_timeout_ms=200,
+                            auth_fail_limit=1000)
+        try:
+            for _ in range(5):  # plaintext: refused by the TLS layer
+                r, w = await open_device(srv.port)
+                w.write(HEART)
+                assert await closed_by_peer(r)
+                w.close()
+            for _ in range(5):  # silent: the handshake deadline
+                r, w = await open_device(srv.port)
+                assert await closed_by_peer(r)
+                w.close()
+            await rec.wait("tls_failed", count=10)
+            deadline = asyncio.get_running_loop().time() + 5
+            while srv._conns and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
+            assert not srv._conns  # the server's set of live transports (what stop() waits for)
+        finally:
+            await srv.stop()
+    run(main())

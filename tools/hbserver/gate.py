@@ -254,6 +254,10 @@ class Gate:
         if raw is not None:
             raw.abort()
         conn.close()
+        if p.stage == "tls":
+            # The raw transport now belongs to asyncio's TLS layer, which does not pass on its
+            # connection_lost before a handshake has completed: forget the connection here.
+            srv.loop.call_soon(srv._closed, conn)
 
     def _expire(self, conn):
         if conn in self.pending:
