@@ -1,7 +1,7 @@
 """The heartbeat server itself: configuration, client registry, ticker, probe sweep, summaries.
 
 The command line around it is cli.py; one connection's bytes are conn.py; probe
-bookkeeping is probe.py. Import HeartbeatServer and ServerConfig from tools.hbserver.
+bookkeeping is probe.py; TLS and authentication, when on, gate.py. Import HeartbeatServer and ServerConfig from tools.hbserver.
 """
 import asyncio
 import random
