@@ -134,6 +134,9 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="hostrun-") as workdir:
         try:
             cfg = merge(cfg, args.set)
+            tls = cfg.get("tls")
+            if isinstance(tls, dict) and isinstance(tls.get("ca"), str):
+                tls["ca"] = os.path.abspath(tls["ca"])  # given by --set: relative to where we were started
             argv_ = command(args.runtime, prepare(cfg, workdir), args.board)
         except (ValueError, fw_config.ConfigError) as e:
             print("hostrun: error: %s" % e, file=sys.stderr)
