@@ -19,7 +19,11 @@ def main(config_path="config.json", board_path="board.json"):
     from hbkeep.client import Client  # imported after the config is known good: less heap on a failed start
 
     net = compat.Net(board)  # the port's socket answers (errno numbers, write cap) from board.json
-    client = Client(cfg, board, net)
+    try:
+        client = Client(cfg, board, net)
+    except ValueError as e:  # an unreadable TLS CA file (tls.CaError): named like any config error
+        compat.write_line("%s config_error %s" % (compat.ticks_ms(), str(e).replace(" ", "_")))
+        return 2
     try:
         compat.run(_board_services(client, cfg, board))
     except KeyboardInterrupt:
@@ -38,6 +42,11 @@ async def _board_services(client, cfg, board):
         compat.create_task(station.keep())
     if cfg.wdt_ms:
         compat.create_task(_feed_watchdog(cfg, board, client.ev))
+    if cfg.tls_ca and board.get("rtc"):
+        # Certificate dates are checked against the RTC, which a board starts at its epoch: set it.
+        from hbkeep import sntp
+
+        compat.create_task(sntp.keep(cfg.tls_ntp_host, client.ev, lambda: client.net.link_up()))
     await client.run()
 
 

@@ -13,6 +13,7 @@ package(
     "hbkeep",
     files=(
         "__init__.py",
+        "auth.py",
         "client.py",
         "compat.py",
         "config.py",
@@ -20,7 +21,9 @@ package(
         "fastbuf.py",
         "link.py",
         "protocol.py",
+        "sntp.py",
         "sockopts.py",
+        "tls.py",
         "wifi.py",
     ),
 )

@@ -89,8 +89,8 @@ def test_deploy_power_cycle_repl_and_a_second_deploy(tmp_path):
             assert r.returncode == 0, r.stderr + r.stdout
             assert "0 to copy, %d unchanged" % n in r.stdout and "[1/" not in r.stdout
             assert {p: os.stat(os.path.join(flash, p)).st_mtime_ns for p in flash_files(flash)} == before
-            srv.wait_event("online", timeout=30, where=lambda e: e["client"] not in (first["client"], second["client"]),
-                           past=True)
+            srv.wait_event("online", timeout=30, past=True,
+                           where=lambda e: e["client"] not in (first["client"], second["client"]))
     finally:
         assert srv.stop() == 0
 

@@ -9,7 +9,6 @@
 Every wait is bounded and fails with what was seen. The simulator also gets --timeout, so it stops by
 itself even if a test dies before tearing it down.
 """
-import os
 import queue
 import subprocess
 import sys
