@@ -13,6 +13,7 @@ from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_M
 from . import sockopts
 from .link import Link
 from .events import Events, Stats
+from .repeats import FailureRun
 
 VERSION = "0.1.0"
 
@@ -23,6 +24,7 @@ R_PROTOCOL = "protocol"  # the server broke the wire format
 R_SILENCE = "silence"  # nothing received for peer_miss x beat_ms
 R_STALL = "write_stall"  # the server stopped reading for peer_miss x beat_ms
 R_STOP = "stop"  # the client was stopped
+R_ERROR = "error"  # an exception nobody foresaw (a bug, a MemoryError); detail names its type
 
 
 class Client:
@@ -57,6 +59,7 @@ class Client:
         self._detail = None
         self._rx_task = None
         self._beat_task = None  # finishes a beat the socket took only part of
+        self.failing = FailureRun(cfg.verbose)  # which connect failures get a line of their own
 
     # -- the forever loop ----------------------------------------------------------------------
     async def run(self):
@@ -70,20 +73,38 @@ class Client:
         link = self.link
         try:
             while True:
-                if not self.net.link_up():
-                    await sleep_ms(link.retry_delay(compat.rand_below))
-                    continue
-                if self.addr is None and not self._resolve():
+                # Nothing raised in one attempt ends the client: it becomes an event and a retry.
+                try:
+                    await self._attempt()
+                except Exception as e:
+                    self.error("attempt", e)
                     link.connect_failed()
-                    await sleep_ms(link.retry_delay(compat.rand_below))
-                    continue
-                sock = await self._connect()
-                if sock is not None:
-                    await self._session(sock)
                 await sleep_ms(link.retry_delay(compat.rand_below))
         finally:
             if stats_task:
                 stats_task.cancel()
+
+    async def _attempt(self):
+        if not self.net.link_up():
+            return
+        if self.addr is None and not self._resolve():
+            self.link.connect_failed()
+            return
+        sock = await self._connect()
+        if sock is not None:
+            await self._session(sock)
+
+    def error(self, where, e):
+        # Where an exception nobody foresaw was caught, and what it was. Never the end of the firmware.
+        self.ev.emit("client_error", "where", where, "error", compat.exc_text(e))
+
+    def _failed(self, now, reason):
+        """True when this failure gets its own line; else maybe a summary line is due instead."""
+        if self.failing.failed(now, reason):
+            return True
+        if self.failing.summary_due(now):
+            self.ev.emit("connect_failing", *self.failing.summary(now))
+        return False
 
     def _resolve(self):
         cfg = self.cfg
@@ -91,7 +112,9 @@ class Client:
             self.addr = self.net.resolve(cfg.host, cfg.port)
         except OSError as e:
             self.stats.connect_failed("resolve")
-            self.ev.emit("resolve_failed", "host", cfg.host, "error", compat.errno_name(e))
+            name = compat.errno_name(e)
+            if self._failed(ticks_ms(), name):
+                self.ev.emit("resolve_failed", "host", cfg.host, "error", name)
             return False
         self.ev.emit("resolved", "host", cfg.host, "addr", self.net.addr_str(self.addr))
         return True
@@ -123,11 +146,15 @@ class Client:
                 net.close(sock)  # the seed leaks one descriptor per failed attempt; we do not
             st.connect_failed(reason)
             self.link.connect_failed()
-            self.ev.emit(
-                "connect_failed", "attempt", st.attempts, "reason", reason,
-                "took_ms", ticks_diff(ticks_ms(), t0),
-            )
+            now = ticks_ms()
+            if self._failed(now, reason):
+                self.ev.emit(
+                    "connect_failed", "attempt", st.attempts, "reason", reason, "took_ms", ticks_diff(now, t0),
+                )
             return None
+        summary = self.failing.ended(ticks_ms())
+        if summary is not None:
+            self.ev.emit("connect_failing", *summary)
         applied, lacking, failed = sockopts.apply(net, sock, self.board.get("sockopts", {}), cfg)
         st.connects += 1
         self.ev.emit(
@@ -150,7 +177,7 @@ class Client:
         self.connected.set()
         rx = compat.create_task(self._receive(sock))
         self._rx_task = rx
-        sup = compat.create_task(self._supervise(sock))
+        sup = compat.create_task(self._guarded(self._supervise(sock), "supervisor"))
         try:
             try:
                 self._reason = await rx
@@ -161,6 +188,10 @@ class Client:
             except OSError as e:
                 self._reason = R_RESET
                 self._detail = compat.errno_name(e)
+            except Exception as e:
+                self.error("receiver", e)
+                self._reason = R_ERROR
+                self._detail = type(e).__name__
         finally:
             self.connected.clear()
             sup.cancel()
@@ -177,6 +208,15 @@ class Client:
                 "disconnected", "reason", self._reason, "detail", self._detail,
                 "up_ms", ticks_diff(now, self.link.since),
             )
+
+    async def _guarded(self, coro, where):
+        # A task that dies of an exception would leave the session half-alive (no beats, no silence
+        # checks); instead the session ends with reason=error and the client reconnects.
+        try:
+            await coro
+        except Exception as e:
+            self.error(where, e)
+            self._abort(R_ERROR, type(e).__name__)
 
     def _abort(self, reason, detail):
         # Called by the supervisor: end the receiver, and so the session, with this reason.
@@ -225,6 +265,9 @@ class Client:
             await self._send_rest(sock, self.beat, sent, HEADER_SIZE - sent, True)
         except OSError as e:
             self._abort(R_RESET, compat.errno_name(e))
+        except Exception as e:
+            self.error("beat", e)
+            self._abort(R_ERROR, type(e).__name__)
 
     # -- writing: both tasks write, never interleaving two frames ------------------------------
     def _send_now(self, sock, buf, off, n):
@@ -367,7 +410,10 @@ class Client:
     async def _stats_loop(self):
         while True:
             await sleep_ms(self.cfg.stats_ms)
-            self.emit_stats()
+            try:
+                self.emit_stats()
+            except Exception as e:
+                self.error("stats", e)
 
     def emit_stats(self):
         self.ev.emit("stats", *self.stats.fields())

@@ -60,8 +60,19 @@ def read_int32(b, o):
 class Decoder:
     def __init__(self, max_payload):
         self.max_payload = max_payload
-        self.frame = bytearray(HEADER_SIZE + max_payload)
+        self.frame = self._buffer(max_payload)
         self.reset()
+
+    def _buffer(self, max_payload):
+        # The firmware holds one frame buffer for life, allocated here once: nothing per frame.
+        return bytearray(HEADER_SIZE + max_payload)
+
+    def _room(self, total):
+        """The buffer a split frame of `total` bytes is assembled in (the first `have` bytes kept).
+
+        Here the one preallocated buffer; a server with many idle clients overrides this to allocate
+        only while a frame is actually split (tools/hbserver/conn.py)."""
+        return self.frame
 
     def reset(self):
         self.have = 0  # bytes of a split frame held in self.frame
@@ -114,7 +125,7 @@ class Decoder:
                 self.start = pos
                 self.event = FRAME_IN_PLACE
                 return pos + total
-            copy_bytes(self.frame, 0, buf, pos, end - pos)
+            copy_bytes(self._room(total), 0, buf, pos, end - pos)
             self.have = end - pos
             self.event = NEED_MORE
             return end
@@ -133,6 +144,8 @@ class Decoder:
             if not self._check(read_int32(frame, 0), read_int32(frame, 4)):
                 return pos
         total = HEADER_SIZE + self.length
+        if total > HEADER_SIZE:
+            frame = self._room(total)
         k = total - have
         if k > end - pos:
             k = end - pos
