@@ -126,7 +126,11 @@ def main(argv=None):
             cfg = merge(cfg, args.set)
             argv_ = command(args.runtime, prepare(cfg, workdir), args.board)
         except fw_config.ConfigError as e:
-            print("hostrun: config_error %s" % e, file=sys.stderr)
+            # Named as the firmware names it: which file (and whether --set took part), then which key.
+            where = args.config if args.config else None
+            if where and args.set:
+                where += " with --set"
+            print("hostrun: config_error %s" % ("%s: %s" % (where, e) if where else e), file=sys.stderr)
             return 2
         except ValueError as e:
             print("hostrun: error: %s" % e, file=sys.stderr)

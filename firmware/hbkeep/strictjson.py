@@ -24,6 +24,10 @@ def loads(data):
 
     Raises JSONError("what, at line L column C"). Duplicate keys are an error: which value wins
     differs between readers, and a setting written twice is a mistake either way."""
+    try:
+        data.decode()
+    except UnicodeError:
+        raise JSONError("not UTF-8 text")
     p = _Parser(data)
     p.ws()
     if p.i >= p.n:
