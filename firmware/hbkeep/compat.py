@@ -50,8 +50,12 @@ if MICROPYTHON:
     sleep_ms = asyncio.sleep_ms  # returns a reusable singleton: sleeping allocates nothing
     wait_for_ms = asyncio.wait_for_ms
 
+    _out = sys.stdout
+
     def write_line(s):
-        print(s)
+        # One write per line, newline included: print(s) writes the text and the newline separately,
+        # and a Ctrl-C landing between the two glued the next line (`stopped`) onto this one.
+        _out.write(s + "\n")
 
     def mem_alloc():
         return gc.mem_alloc()
