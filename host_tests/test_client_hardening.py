@@ -89,15 +89,15 @@ def test_an_exception_inside_a_session_ends_it_with_reason_error_and_reconnects(
         h = Harness(net, beat_ms=100, retry_ms=100)
         broke = []
         if where == "supervisor":
-            real = h.client.link.beat_due
+            real = h.client.link.decide
 
-            def beat_due(now):
+            def decide(now):
                 if not broke:
                     broke.append(now)
                     raise ZeroDivisionError("planted")
                 return real(now)
 
-            h.client.link.beat_due = beat_due
+            h.client.link.decide = decide
         else:
             real = h.client.link.received
 

@@ -20,11 +20,11 @@ from hbclient_fake import WAIT, EventLog, FakeClient, header
 from test_hbserver import run, serving
 from tools.hbserver import HeartbeatServer
 
-from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.protocol import DATA, HEART
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEART_BYTES = protocol.encode(HEART)
+HEART_BYTES = encode(HEART)
 
 
 def open_fds():
