@@ -21,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAD = [
     (b'{"beat_ms": 100,}', "trailing comma"),
     (b'{"keepalive": {"idle": 2,},}', "trailing comma"),
+    (b'{"x": [1, 2,]}', "trailing comma"),
     (b'{"beat_ms" 100}', "':' expected"),
     (b'{"beat_ms": 0100}', "leading zero"),
     (b'{"beat_ms": NaN}', "unexpected character 'N'"),
