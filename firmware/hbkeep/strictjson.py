@@ -85,7 +85,7 @@ class _Parser:
         if depth > MAX_DEPTH:
             self.fail("nested deeper than %d levels" % MAX_DEPTH)
         self.i += 1
-        out = {}
+        out: dict = {}
         self.ws()
         if self.peek("a key or }") == 0x7D:
             self.i += 1
@@ -117,7 +117,7 @@ class _Parser:
         if depth > MAX_DEPTH:
             self.fail("nested deeper than %d levels" % MAX_DEPTH)
         self.i += 1
-        out = []
+        out: list = []
         self.ws()
         if self.peek("a value or ]") == 0x5D:
             self.i += 1
