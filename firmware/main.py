@@ -29,7 +29,7 @@ def main(config_path="config.json", board_path="board.json"):
     try:
         from hbkeep.client import Client  # imported after the config is known good: less heap on a failed start
 
-        client = Client(cfg, board, compat.Net())
+        client = Client(cfg, board, compat.Net(board))  # the port's socket answers from board.json
     except MemoryError:
         # The ranges in the config are the protocol's; what fits is the heap's. A buffer that cannot be
         # allocated is the config's fault, and the key that sized it is named.
@@ -100,6 +100,6 @@ async def _feed_watchdog(cfg, board, ev):
 
 
 if __name__ == "__main__":
-    rc = main(*sys.argv[1:3])
-    if rc:
-        sys.exit(rc)
+    # On a board: returns quietly after a config error (a SystemExit would soft-reset into main.py again);
+    # on the host: the exit status.
+    compat.exit_status(main(*sys.argv[1:3]))
