@@ -20,7 +20,9 @@ package(
         "fastbuf.py",
         "link.py",
         "protocol.py",
+        "repeats.py",
         "sockopts.py",
+        "strictjson.py",
         "wifi.py",
     ),
 )

@@ -234,7 +234,8 @@ def test_out_of_descriptors_is_one_line_per_interval_not_a_traceback_per_retry()
 # -- misbehaving peers ---------------------------------------------------------------------------
 def test_misbehaving_peers_cost_nothing_lasting_and_a_good_client_never_notices():
     async def main():
-        async with serving(tick_ms=50, offline_ticks=4, header_timeout_ms=300, close_ms=300,
+        # Silence is judged after 10 x 50 ms, a partial frame after 300 ms: each peer meets its own rule.
+        async with serving(tick_ms=50, offline_ticks=10, header_timeout_ms=300, close_ms=300,
                            probe_ms=50, max_payload=1024) as (srv, log, connect):
             loop = asyncio.get_running_loop()
             good = await connect()
@@ -246,7 +247,7 @@ def test_misbehaving_peers_cost_nothing_lasting_and_a_good_client_never_notices(
 
             flood = raw_peer(srv.port, rcvbuf=4096)  # beats as fast as it can, never reads a reply
             squat = raw_peer(srv.port)  # connects and says nothing
-            trickle = raw_peer(srv.port)  # a header, one byte at a time, slower than the header timeout
+            trickle = raw_peer(srv.port)  # a HEART, one byte per 100 ms: 800 ms for a frame, > header timeout
             cut = raw_peer(srv.port)  # closes in the middle of a frame
             names = {}
             for s, what in ((flood, "flood"), (squat, "squat"), (trickle, "trickle"), (cut, "cut")):
@@ -256,17 +257,18 @@ def test_misbehaving_peers_cost_nothing_lasting_and_a_good_client_never_notices(
             await until(lambda: any(c.decoder.have == 11 for c in srv.clients), what="cut frame held")
             cut.close()
             t_end = loop.time() + 1.0
-            sent = 0
+            next_drip = loop.time()
             while loop.time() < t_end:
                 try:
-                    sent += flood.send(HEART_BYTES * 512)
+                    flood.send(HEART_BYTES * 512)
                 except BlockingIOError:
                     pass
-                if int(loop.time() * 10) % 2 == 0:
+                if loop.time() >= next_drip:
+                    next_drip += 0.1
                     try:
-                        trickle.send(b"\x01")
+                        trickle.send(b"\x00")
                     except OSError:
-                        pass
+                        pass  # dropped already
                 await asyncio.sleep(0.005)
             offline = {names.get(f["client"]): f for _, f in log.of("offline")}
             assert offline["squat"]["reason"] == "silent"
