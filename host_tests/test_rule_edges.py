@@ -10,7 +10,6 @@ import subprocess
 import pytest
 
 from firmware.hbkeep.link import Link
-from fwproc import runtime  # noqa: F401  (runtime is a fixture)
 from hbclient_fake import EventLog
 from shim import vloop
 from shim.fakenet import FakeConn, FakeNet
@@ -21,6 +20,13 @@ from tools.hbserver import HeartbeatServer
 
 from firmware.hbkeep.protocol import DATA, HEART
 from firmware.hbkeep.protocol_host import encode
+from fwproc import any_runtime  # noqa: F401  (a fixture)
+
+
+@pytest.fixture
+def runtime(any_runtime):
+    """CPython, the MicroPython unix port and the 32-bit one (small ints end at 2^30 there, as on boards)."""
+    return any_runtime
 
 
 # -- Link ------------------------------------------------------------------------------------------
