@@ -85,10 +85,13 @@ class BadServer:
             elif what == "flood":
                 s.setblocking(False)
                 frame = header(1, 1024) + b"f" * 1024
+                rest = memoryview(frame)
                 end = time.monotonic() + 5
                 while time.monotonic() < end and not self._stop.is_set():
                     try:
-                        s.send(frame)
+                        rest = rest[s.send(rest):]  # whole frames: a torn one would be a different lie
+                        if not rest:
+                            rest = memoryview(frame)
                     except BlockingIOError:
                         time.sleep(0.005)
                     except OSError:
