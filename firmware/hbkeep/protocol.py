@@ -59,11 +59,12 @@ class Decoder:
         # The firmware holds one frame buffer for life, allocated here once: nothing per frame.
         return bytearray(HEADER_SIZE + max_payload)
 
-    def _room(self, total):
-        """The buffer a split frame of `total` bytes is assembled in (the first `have` bytes kept).
+    def _room(self, total, need):
+        """The buffer a split frame of `total` bytes is assembled in, holding at least its first `need`
+        bytes (the `have` already held are kept).
 
         Here the one preallocated buffer; a server with many idle clients overrides this to allocate
-        only while a frame is actually split (tools/hbserver/conn.py)."""
+        only while a frame is actually split, and only as much as has arrived (tools/hbserver/conn.py)."""
         return self.frame
 
     def reset(self):
@@ -117,7 +118,7 @@ class Decoder:
                 self.start = pos
                 self.event = FRAME_IN_PLACE
                 return pos + total
-            copy_bytes(self._room(total), 0, buf, pos, end - pos)
+            copy_bytes(self._room(total, end - pos), 0, buf, pos, end - pos)
             self.have = end - pos
             self.event = NEED_MORE
             return end
@@ -136,12 +137,11 @@ class Decoder:
             if not self._check(read_int32(frame, 0), read_int32(frame, 4)):
                 return pos
         total = HEADER_SIZE + self.length
-        if total > HEADER_SIZE:
-            frame = self._room(total)
         k = total - have
         if k > end - pos:
             k = end - pos
         if k:
+            frame = self._room(total, have + k)
             copy_bytes(frame, have, buf, pos, k)
             pos += k
             have += k

@@ -79,6 +79,10 @@ MUTANTS = {
     "max_clients_counts_only_online": (
         "tools/hbserver/core.py", "len(self._conns) - 1 >= cfg.max_clients", "len(self.clients) >= cfg.max_clients",
         [H + "test_a_dropped_client_that_never_reads_is_released_within_close_ms_and_counted_until_then"]),
+    "frame_buffer_sized_by_the_header": (
+        "tools/hbserver/conn.py", "            if size > total:\n                size = total\n",
+        "            size = total\n",
+        [H + "test_a_header_that_announces_megabytes_costs_only_what_arrives"]),
     "split_frame_buffer_kept": (
         "tools/hbserver/conn.py", "        dec.release()\n", "",
         [H + "test_a_split_large_frame_gets_a_buffer_only_while_it_is_split"]),

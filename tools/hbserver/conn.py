@@ -23,16 +23,23 @@ KEEP_FRAME_BYTES = 264  # a split-frame buffer up to this size stays for the nex
 
 class LazyDecoder(protocol.Decoder):
     """The firmware's decoder with its frame buffer allocated only while a frame is split across reads,
-    sized to that frame, and given back once the frame is done: an idle connection's cost does not grow
-    with max_payload (16 MiB allowed must not mean 16 MiB per idle client)."""
+    grown with the bytes that actually arrive (never to the length a header merely claims), and given
+    back once the frame is done: an idle connection's cost does not grow with max_payload (16 MiB allowed
+    must not mean 16 MiB per idle client), and a peer that announces 16 MiB and sends 9 bytes costs 9."""
 
     def _buffer(self, max_payload):
         return bytearray(HEADER_SIZE)
 
-    def _room(self, total):
+    def _room(self, total, need):
         frame = self.frame
-        if len(frame) < total:
-            bigger = bytearray(total)
+        if len(frame) < need:
+            # Doubling keeps the copies of a frame arriving in many reads to O(its size) in all.
+            size = 2 * len(frame)
+            if size < need:
+                size = need
+            if size > total:
+                size = total
+            bigger = bytearray(size)
             bigger[: self.have] = frame[: self.have]
             self.frame = frame = bigger
         return frame
