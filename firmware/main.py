@@ -30,6 +30,8 @@ def main(config_path="config.json", board_path="board.json"):
         from hbkeep.client import Client  # imported after the config is known good: less heap on a failed start
 
         client = Client(cfg, board, compat.Net(board))  # the port's socket answers from board.json
+    except ValueError as e:  # an unreadable TLS CA file (tls.CaError): named like any config error
+        return _fail("config_error", str(e).replace(" ", "_"))
     except MemoryError:
         # The ranges in the config are the protocol's; what fits is the heap's. A buffer that cannot be
         # allocated is the config's fault, and the key that sized it is named.
@@ -83,6 +85,11 @@ async def _board_services(client, cfg, board):
         compat.create_task(station.keep())
     if cfg.wdt_ms:
         compat.create_task(_feed_watchdog(cfg, board, client.ev))
+    if cfg.tls_ca and board.get("rtc"):
+        # Certificate dates are checked against the RTC, which a board starts at its epoch: set it.
+        from hbkeep import sntp
+
+        compat.create_task(sntp.keep(cfg.tls_ntp_host, client.ev, lambda: client.net.link_up()))
     await client.run()
 
 

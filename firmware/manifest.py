@@ -13,6 +13,7 @@ package(
     "hbkeep",
     files=(
         "__init__.py",
+        "auth.py",
         "client.py",
         "compat.py",
         "config.py",
@@ -21,8 +22,10 @@ package(
         "link.py",
         "protocol.py",
         "repeats.py",
+        "sntp.py",
         "sockopts.py",
         "strictjson.py",
+        "tls.py",
         "wifi.py",
     ),
 )

@@ -128,9 +128,16 @@ def main(argv=None):
         except fw_config.ConfigError as e:
             print("hostrun: config_error %s" % e, file=sys.stderr)
             return 2
+        tls = cfg.get("tls")
+        if isinstance(tls, dict) and isinstance(tls.get("ca"), str) and not os.path.isabs(tls["ca"]):
+            # The config runs from a temporary copy: a CA path relative to the file must stay so.
+            tls["ca"] = os.path.join(os.path.dirname(os.path.abspath(args.config)), tls["ca"])
     with tempfile.TemporaryDirectory(prefix="hostrun-") as workdir:
         try:
             cfg = merge(cfg, args.set)
+            tls = cfg.get("tls")
+            if isinstance(tls, dict) and isinstance(tls.get("ca"), str):
+                tls["ca"] = os.path.abspath(tls["ca"])  # given by --set: relative to where we were started
             argv_ = command(args.runtime, prepare(cfg, workdir), args.board)
         except fw_config.ConfigError as e:
             # Named as the firmware names it: which file (and whether --set took part), then which key.

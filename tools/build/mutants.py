@@ -77,7 +77,7 @@ MUTANTS = {
         "            if self.peek(\"a value\") == 0x5D:\n                self.i += 1\n                return out",
         ["host_tests/test_config_hardening.py::test_every_bad_file_is_one_config_error_on_both_paths"]),
     "max_clients_counts_only_online": (
-        "tools/hbserver/core.py", "len(self._conns) - 1 >= cfg.max_clients", "len(self.clients) >= cfg.max_clients",
+        "tools/hbserver/core.py", "len(self.clients) + self.closing >= cfg.max_clients", "len(self.clients) >= cfg.max_clients",
         [H + "test_a_dropped_client_that_never_reads_is_released_within_close_ms_and_counted_until_then"]),
     "frame_buffer_sized_by_the_header": (
         "tools/hbserver/conn.py", "            if size > total:\n                size = total\n",

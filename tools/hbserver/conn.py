@@ -74,7 +74,7 @@ class Conn(asyncio.BufferedProtocol):
     __slots__ = (
         "srv", "transport", "name", "state", "since", "last_heard", "last_frame", "missed", "beats",
         "frames_in", "bytes_in", "frames_out", "bytes_out", "decoder", "partial_since", "probes",
-        "paused", "strays", "abort_timer",
+        "paused", "strays", "addr", "gate", "abort_timer", "draining",
     )
 
     def __init__(self, srv):
@@ -97,21 +97,27 @@ class Conn(asyncio.BufferedProtocol):
         self.paused = False  # the transport's write buffer is above its high-water mark
         self.strays = 0  # raw mode: bytes received with no probe in flight
         self.abort_timer = None  # after close(): aborts the transport if the peer never takes its FIN
+        self.draining = False  # closed by us, transport not yet lost: counted in srv.closing
+        self.addr = None  # the peer's address; `name` becomes the device id once authenticated
+        self.gate = None  # gate.Pending while in TLS handshake or authentication (gate.py)
 
     # -- asyncio callbacks -------------------------------------------------------------------------
 
     def connection_made(self, transport):
         self.transport = transport
-        self.name = peer_name(transport.get_extra_info("peername"))
+        self.addr = transport.get_extra_info("peername")
+        self.name = peer_name(self.addr)
         self.since = self.last_heard = self.srv.loop.time()
         self.srv._admit(self)
 
     def get_buffer(self, sizehint):
-        return self.srv.rbuf
+        return self.srv.rview  # a view of the shared buffer (see HeartbeatServer.rview)
 
     def buffer_updated(self, nbytes):
         if self.state != ONLINE:
-            return  # dropped during this loop iteration; the rest of its bytes mean nothing
+            if self.gate is not None:  # still passing the gate: only an AUTH frame is expected
+                self.srv.gate.feed(self, self.srv.rbuf[:nbytes])
+            return  # else dropped during this loop iteration; the rest of its bytes mean nothing
         srv = self.srv
         now = srv.loop.time()
         self.bytes_in += nbytes
@@ -122,6 +128,8 @@ class Conn(asyncio.BufferedProtocol):
             self._framed(nbytes, now)
 
     def eof_received(self):
+        if self.gate is not None:
+            self.srv.gate.lost(self)
         self.srv._offline(self, "closed")
         return False  # let the transport close our side too
 
@@ -129,6 +137,11 @@ class Conn(asyncio.BufferedProtocol):
         if self.abort_timer is not None:
             self.abort_timer.cancel()
             self.abort_timer = None
+        if self.draining:
+            self.draining = False
+            self.srv.closing -= 1
+        if self.gate is not None:
+            self.srv.gate.lost(self)
         if self.state == ONLINE:
             self.srv._offline(self, "reset" if exc is not None else "closed")
         self.state = GONE
@@ -171,6 +184,9 @@ class Conn(asyncio.BufferedProtocol):
         self.state = GONE
         t = self.transport
         if t is not None and not t.is_closing():
+            if not self.draining:
+                self.draining = True
+                self.srv.closing += 1
             t.close()  # flushes what is queued, then FIN
             # A peer that never reads again would hold the descriptor and the queued bytes forever:
             # after the grace period the connection is aborted (RST) instead.
