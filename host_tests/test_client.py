@@ -29,7 +29,7 @@ def frames_of(data, max_payload=1024):
 def test_refused_attempts_retry_every_retry_ms_and_close_each_socket():
     async def main():
         net = FakeNet([REFUSE, REFUSE_NOW, REFUSE, REFUSE])
-        h = Harness(net, retry_ms=100)
+        h = Harness(net, retry_ms=100, verbose=True)  # every failure printed, past the first few
         h.start()
         await h.wait_event("connect_failed", 4)
         gaps = [round((b - a) * 1000) for a, b in zip(net.attempt_times, net.attempt_times[1:])]
@@ -314,7 +314,7 @@ def test_backoff_grows_to_its_cap_with_full_jitter(monkeypatch):
 
     async def main():
         net = FakeNet([REFUSE] * 7)
-        h = Harness(net, retry_ms=100, backoff_max_ms=1000)
+        h = Harness(net, retry_ms=100, backoff_max_ms=1000, verbose=True)
         h.start()
         await h.wait_event("connect_failed", 7)
         gaps = [round((b - a) * 1000) for a, b in zip(net.attempt_times, net.attempt_times[1:])]

@@ -12,6 +12,9 @@ from support import faultrec, netns
 from support.faultkit import TOL_MS, InstrumentedFwProc, SocketServer, ms
 from tools.eventlines import HbServerProc
 
+# Long by design (thousands of cycles, a simulated day, namespaces): more than pytest.ini's 60 s.
+pytestmark = pytest.mark.timeout(600)
+
 _subnets = iter(range(10, 250))
 
 

@@ -4,8 +4,13 @@ on MicroPython, heap in use after gc.collect() must stay flat; the instrumented 
 (support/fw_instrumented.py) reads both inside the firmware process at every 1,000th disconnect."""
 import time
 
+import pytest
+
 from support import faultrec
 from support.faultkit import CloseAtOnceServer, InstrumentedFwProc
+
+# Long by design (thousands of cycles, a simulated day, namespaces): more than pytest.ini's 60 s.
+pytestmark = pytest.mark.timeout(300)
 
 CYCLES = {"micropython": 10000, "cpython": 2000}
 EVERY = {"micropython": 1000, "cpython": 250}

@@ -19,11 +19,16 @@ import os
 import random
 import time
 
+import pytest
+
 from firmware.hbkeep import protocol
 from firmware.hbkeep.protocol_host import encode
 from support import faultrec, frames, vloop
 from support.client_harness import Harness  # the real Client on the scripted network
 from support.fake_sockets import HANG, REFUSE, FakeConn, FakeNet
+
+# Long by design (thousands of cycles, a simulated day, namespaces): more than pytest.ini's 60 s.
+pytestmark = pytest.mark.timeout(300)
 
 SEED = int(os.environ.get("HB_SOAK_SEED", "20240604"))
 HOURS = 24

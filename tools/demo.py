@@ -34,7 +34,8 @@ def main(argv=None):
     q = queue.Queue()  # (who, line) from both processes, in arrival order; (who, None) at an end
     try:
         server = HbServerProc("--tick-ms", args.beat_ms, "--probe-ms", args.probe_ms, "--summary-ms", 5000,
-                              port=args.port, tee=(q, "server"), listen_timeout=15)
+                              port=args.port, tee=(q, "server"), listen_timeout=15,
+                              process_group=0)  # see below: the children hear a stop from the demo only, once
     except WaitFailed as e:
         print("demo: the server did not start (no 'listening' line): %s" % e, file=sys.stderr)
         return 1
@@ -43,7 +44,10 @@ def main(argv=None):
 
     cfg = {"host": "127.0.0.1", "port": port, "beat_ms": args.beat_ms, "verbose": True, "stats_ms": 10000}
     try:
-        device, workdir = hostrun.start(args.runtime, cfg, workdir=tempfile.mkdtemp(prefix="demo-"))
+        # Own process groups: a Ctrl-C at the terminal reaches the demo alone, which then sends each child
+        # one SIGINT. Left in the terminal's group they would get two, racing (a traceback instead of the
+        # final stats, or the MicroPython unix port's immediate exit on a second pending SIGINT).
+        device, workdir = hostrun.start(args.runtime, cfg, workdir=tempfile.mkdtemp(prefix="demo-"), process_group=0)
     except RuntimeError as e:
         server.stop()
         print("demo: %s" % e, file=sys.stderr)

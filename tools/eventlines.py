@@ -76,12 +76,13 @@ class EventProc:
     failure messages), read by a thread into `events` (every line, in order) and a queue that the waits
     consume. Every wait is bounded.
 
-    `tee=(queue, tag)` also puts (tag, line) on that queue for every line, and (tag, None) at the end,
+    `popen` are more subprocess.Popen arguments (e.g. process_group=0). `tee=(queue, tag)` also puts (tag, line) on that queue for every line, and (tag, None) at the end,
     for a caller that merges several processes' output; such a caller may set `record` to False once it
     no longer waits here, so that a long run does not keep every line twice. `workdir` is removed by
     stop()."""
 
-    def __init__(self, argv, label, cwd=None, workdir=None, tee=None, stop_signal=signal.SIGINT, keep=200):
+    def __init__(self, argv, label, cwd=None, workdir=None, tee=None, stop_signal=signal.SIGINT, keep=200,
+                 **popen):
         self.label = label
         self.argv = list(argv)
         self.workdir = workdir
@@ -95,7 +96,7 @@ class EventProc:
         self.proc = subprocess.Popen(
             self.argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
             preexec_fn=default_sigint,  # stoppable with SIGINT even if we inherited it ignored
-        )
+            **popen)
         self._reader = threading.Thread(target=self._read, name="eventproc-" + label, daemon=True)
         self._reader.start()
 
@@ -238,12 +239,13 @@ class HbServerProc(EventProc):
     port; `as_json` adds --json. Raises WaitFailed (after killing the process) when no `listening` line comes within
     `listen_timeout`. `prefix` is put before the command (e.g. `ip netns exec NS`). Stopped with SIGTERM."""
 
-    def __init__(self, *args, host="127.0.0.1", port=0, as_json=False, prefix=(), tee=None, listen_timeout=15.0):
+    def __init__(self, *args, host="127.0.0.1", port=0, as_json=False, prefix=(), tee=None, listen_timeout=15.0,
+                 **popen):
         argv = list(prefix) + [sys.executable, "-u", "-m", "tools.hbserver", "--host", host, "--port", str(port)]
         if as_json:
             argv.append("--json")
         argv += [str(a) for a in args]
-        super().__init__(argv, "hbserver", cwd=REPO, tee=tee, stop_signal=signal.SIGTERM)
+        super().__init__(argv, "hbserver", cwd=REPO, tee=tee, stop_signal=signal.SIGTERM, **popen)
         try:
             self.listening = self.wait_event("listening", timeout=listen_timeout)
         except WaitFailed:
