@@ -1,8 +1,15 @@
 """tools/hbserver/offline.py: the server's offline rule on its own, no sockets, no loop -- times are plain
 numbers (seconds)."""
+from types import SimpleNamespace
+
 import pytest
 
 from tools.hbserver.offline import INCOMPLETE, SILENT, OfflineRule
+
+
+def rule_of(**settings):
+    """The rule on these settings (the server hands it its ServerConfig)."""
+    return OfflineRule(SimpleNamespace(**settings))
 
 
 class Client:
@@ -17,7 +24,7 @@ def ticks(rule, c, times):
 
 
 def test_offline_on_the_kth_missed_tick_not_before():
-    rule = OfflineRule(tick_ms=1000, offline_ticks=5, header_timeout_ms=60000)
+    rule = rule_of(tick_ms=1000, offline_ticks=5, header_timeout_ms=60000)
     c = Client(rule)
     assert ticks(rule, c, [1.0, 2.0, 3.0, 4.0]) == [None] * 4
     assert c.missed == 4
@@ -25,7 +32,7 @@ def test_offline_on_the_kth_missed_tick_not_before():
 
 
 def test_a_heart_sets_the_count_back_to_zero():
-    rule = OfflineRule(tick_ms=1000, offline_ticks=3, header_timeout_ms=60000)
+    rule = rule_of(tick_ms=1000, offline_ticks=3, header_timeout_ms=60000)
     c = Client(rule)
     assert ticks(rule, c, [1.0, 2.0]) == [None, None]
     rule.heard(c, 2.5)
@@ -37,7 +44,7 @@ def test_a_heart_sets_the_count_back_to_zero():
 def test_crowded_ticks_wait_for_k_minus_one_ticks_of_quiet():
     # A late tick followed closely by on-time ones brings `missed` to K before (K - 1) ticks of time have
     # passed: the time guard holds the client until they have.
-    rule = OfflineRule(tick_ms=1000, offline_ticks=3, header_timeout_ms=60000)
+    rule = rule_of(tick_ms=1000, offline_ticks=3, header_timeout_ms=60000)
     c = Client(rule)
     assert ticks(rule, c, [0.9, 1.0, 1.05]) == [None] * 3
     assert c.missed == 3
@@ -46,7 +53,7 @@ def test_crowded_ticks_wait_for_k_minus_one_ticks_of_quiet():
 
 
 def test_a_partial_frame_held_too_long_comes_first_even_for_a_beating_client():
-    rule = OfflineRule(tick_ms=100, offline_ticks=5, header_timeout_ms=250)
+    rule = rule_of(tick_ms=100, offline_ticks=5, header_timeout_ms=250)
     c = Client(rule)
     rule.after_read(c, holding=True, completed=False, now=0.0)
     assert c.partial_since == 0.0
@@ -57,7 +64,7 @@ def test_a_partial_frame_held_too_long_comes_first_even_for_a_beating_client():
 
 
 def test_incomplete_wins_over_silent_on_the_same_tick():
-    rule = OfflineRule(tick_ms=100, offline_ticks=2, header_timeout_ms=150)
+    rule = rule_of(tick_ms=100, offline_ticks=2, header_timeout_ms=150)
     c = Client(rule)
     rule.after_read(c, holding=True, completed=False, now=0.0)
     assert rule.tick(c, 0.1) is None
@@ -65,7 +72,7 @@ def test_incomplete_wins_over_silent_on_the_same_tick():
 
 
 def test_partial_deadline_runs_from_the_start_of_the_frame_now_held():
-    rule = OfflineRule(tick_ms=100, offline_ticks=100, header_timeout_ms=500)
+    rule = rule_of(tick_ms=100, offline_ticks=100, header_timeout_ms=500)
     c = Client(rule)
     rule.after_read(c, holding=True, completed=False, now=1.0)
     rule.after_read(c, holding=True, completed=False, now=1.3)  # more of the same frame
@@ -79,7 +86,16 @@ def test_partial_deadline_runs_from_the_start_of_the_frame_now_held():
 
 @pytest.mark.parametrize("k", [1, 2, 7])
 def test_the_window_is_k_ticks(k):
-    rule = OfflineRule(tick_ms=50, offline_ticks=k, header_timeout_ms=60000)
+    rule = rule_of(tick_ms=50, offline_ticks=k, header_timeout_ms=60000)
     c = Client(rule)
     verdicts = ticks(rule, c, [0.05 * i for i in range(1, k + 1)])
     assert verdicts == [None] * (k - 1) + [SILENT]
+
+
+def test_a_changed_setting_applies_from_the_next_tick():
+    cfg = SimpleNamespace(tick_ms=1000, offline_ticks=3, header_timeout_ms=60000)
+    rule = OfflineRule(cfg)
+    c = Client(rule)
+    assert ticks(rule, c, [0.1, 0.2, 0.3]) == [None] * 3  # 3 ticks, but 0.3 s < 2 s of quiet
+    cfg.tick_ms = 100
+    assert rule.tick(c, 0.3) == SILENT  # now 0.3 s >= 2 ticks of 100 ms

@@ -104,7 +104,7 @@ class HeartbeatServer:
         self.raw = config.probe_mode == "raw"
         self.rng = random.Random()
         self.rbuf = bytearray(READ_BUFFER)
-        self.offline_rule = OfflineRule(config.tick_ms, config.offline_ticks, config.header_timeout_ms)
+        self.offline_rule = OfflineRule(config)
         # What connections hand asyncio to read into. A view, not the bytearray: asyncio's TLS layer
         # (sslproto) reads a second record into `buf[offset:]`, which for a bytearray is a copy -- the
         # bytes would be lost and stale ones delivered in their place.

@@ -18,10 +18,11 @@ INCOMPLETE = "incomplete"  # held a partial frame too long
 
 
 class OfflineRule:
-    def __init__(self, tick_ms, offline_ticks, header_timeout_ms):
-        self.offline_ticks = offline_ticks
-        self.min_quiet = (offline_ticks - 1) * tick_ms / 1000
-        self.held_max = header_timeout_ms / 1000
+    """`config` holds the three settings (`tick_ms`, `offline_ticks`, `header_timeout_ms`; the server
+    passes its ServerConfig). They are read at every tick, so a changed setting applies from the next one."""
+
+    def __init__(self, config):
+        self.config = config
 
     @staticmethod
     def start(c, now):
@@ -51,9 +52,11 @@ class OfflineRule:
     def tick(self, c, now):
         """One checker tick for client c: count it, and say whether c goes offline now (INCOMPLETE,
         SILENT) or not (None)."""
+        cfg = self.config
         c.missed += 1
-        if c.partial_since is not None and now - c.partial_since >= self.held_max:
+        if c.partial_since is not None and now - c.partial_since >= cfg.header_timeout_ms / 1000:
             return INCOMPLETE
-        if c.missed >= self.offline_ticks and now - c.last_heard >= self.min_quiet:
+        k = cfg.offline_ticks
+        if c.missed >= k and now - c.last_heard >= (k - 1) * cfg.tick_ms / 1000:
             return SILENT
         return None
