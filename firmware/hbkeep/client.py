@@ -47,7 +47,11 @@ class Client:
         self.dec = protocol.Decoder(cfg.max_payload) if self.framed else None
         self.beat = bytearray(HEADER_SIZE)
         protocol.encode_header(self.beat, 0, protocol.HEART, 0)
-        self.addr = None  # resolved once, then cached
+        # Server addresses: cfg.servers in turn, each resolved on first use and then cached.
+        self.servers = cfg.servers
+        self.server_i = 0
+        self.addrs = [None] * len(cfg.servers)
+        self.addr = None  # the current server's resolved address
         self.sock = None
         self.connected = compat.Event()  # set while a connection is up: lets tests and tools wait
         self._tx_busy = False
@@ -75,25 +79,35 @@ class Client:
                     continue
                 if self.addr is None and not self._resolve():
                     link.connect_failed()
+                    self._next_server()
                     await sleep_ms(link.retry_delay(compat.rand_below))
                     continue
                 sock = await self._connect()
                 if sock is not None:
                     await self._session(sock)
+                self._next_server()  # a failed attempt or an ended session: try the next one
                 await sleep_ms(link.retry_delay(compat.rand_below))
         finally:
             if stats_task:
                 stats_task.cancel()
 
+    def _next_server(self):
+        # With one server this changes nothing; with several, the backoff (link.failures) carries over.
+        n = len(self.servers)
+        if n > 1:
+            self.server_i = (self.server_i + 1) % n
+            self.addr = self.addrs[self.server_i]
+
     def _resolve(self):
-        cfg = self.cfg
+        host, port = self.servers[self.server_i]
         try:
-            self.addr = self.net.resolve(cfg.host, cfg.port)
+            self.addr = self.net.resolve(host, port)
         except OSError as e:
             self.stats.connect_failed("resolve")
-            self.ev.emit("resolve_failed", "host", cfg.host, "error", compat.errno_name(e))
+            self.ev.emit("resolve_failed", "host", host, "error", compat.errno_name(e))
             return False
-        self.ev.emit("resolved", "host", cfg.host, "addr", self.net.addr_str(self.addr))
+        self.addrs[self.server_i] = self.addr
+        self.ev.emit("resolved", "host", host, "addr", self.net.addr_str(self.addr))
         return True
 
     async def _connect(self):

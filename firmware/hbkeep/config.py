@@ -37,6 +37,9 @@ KEEPALIVE_SPEC = {
 # Only used on boards. Values are never printed, not even in errors.
 WIFI_KEYS = ("ssid", "password")
 
+# "servers": ["host:port", ...] instead of host/port: the client tries them in turn (docs/CONFIG.md).
+MAX_SERVERS = 16
+
 
 class ConfigError(ValueError):
     pass
@@ -70,13 +73,30 @@ class Config:
         if not isinstance(user, dict):
             raise ConfigError("config: expected a JSON object at the top level")
         for name in user:
-            if name not in SPEC and name not in ("keepalive", "wifi"):
-                raise ConfigError("%s: unknown key (known: %s)" % (name, ", ".join(sorted(list(SPEC) + ["keepalive", "wifi"]))))
+            if name not in SPEC and name not in ("keepalive", "wifi", "servers"):
+                raise ConfigError("%s: unknown key (known: %s)" % (name, ", ".join(sorted(list(SPEC) + ["keepalive", "servers", "wifi"]))))
         for name in SPEC:
             spec = SPEC[name]
             setattr(self, name, _check(name, spec, user[name]) if name in user else spec[1])
         self._keepalive(user.get("keepalive", {}))
         self._wifi(user.get("wifi"))
+        self._servers(user)
+
+    def _servers(self, user):
+        # Always a list of (host, port): one entry from host/port unless "servers" is given.
+        if "servers" not in user:
+            self.servers = [(self.host, self.port)]
+            return
+        if "host" in user or "port" in user:
+            raise ConfigError("servers: give either host/port or servers, not both")
+        lst = user["servers"]
+        if not isinstance(lst, list) or not 1 <= len(lst) <= MAX_SERVERS:
+            raise ConfigError("servers: expected a list of 1 to %d \"host:port\" strings, got %r" % (MAX_SERVERS, lst))
+        out = []
+        for i, text in enumerate(lst):
+            out.append(parse_server("servers[%d]" % i, text))
+        self.servers = out
+        self.host, self.port = out[0]
 
     def _keepalive(self, ka):
         self.keepalive = ka is not False
@@ -106,6 +126,23 @@ class Config:
                 raise ConfigError("wifi.%s: expected a string" % name)
         self.wifi_ssid = wifi.get("ssid")
         self.wifi_password = wifi.get("password")
+
+
+def parse_server(name, text):
+    """ "host:port" (an IPv6 host in brackets: "[::1]:39002") -> (host, port); ConfigError naming `name`."""
+    if not isinstance(text, str):
+        raise ConfigError("%s: expected a \"host:port\" string, got %r" % (name, text))
+    i = text.rfind(":")
+    host = text[:i] if i > 0 else ""
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    digits = text[i + 1:] if i > 0 else ""
+    if not host or not digits or not digits.isdigit():
+        raise ConfigError("%s: expected \"host:port\", got %r" % (name, text))
+    port = int(digits)
+    if port < 1 or port > 65535:
+        raise ConfigError("%s: port must be from 1 to 65535, got %d" % (name, port))
+    return (host, port)
 
 
 def load(path):

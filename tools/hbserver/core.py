@@ -35,6 +35,7 @@ class ServerConfig:
     summary_ms: int = 10000  # 0 = no summary lines
     verbose: bool = False  # also emit per-frame events (beat, data, probe_ok)
     backlog: int = 1024  # the seed used 20; a fleet reconnecting at once needs more
+    reuse_port: bool = False  # SO_REUSEPORT: several processes share the port (tools/hbserver/workers.py)
 
     @property
     def timeout_ms(self):
@@ -93,6 +94,9 @@ class HeartbeatServer:
         self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = 0
         self.protocol_errors = 0
         self.offline_by = dict.fromkeys(OFFLINE_REASONS, 0)
+        # Observers of the client lifecycle (presence.py, metrics.py): each may define started(server),
+        # online(conn), offline(conn, reason) and a coroutine stopped(). Called outside the per-frame path.
+        self.hooks = []
         self._server = None
         self._tasks = []
         self._conns = set()  # every transport not yet lost: online, refused or dropped and flushing
@@ -114,7 +118,8 @@ class HeartbeatServer:
         self._all_closed = asyncio.Event()
         cfg = self.config
         self._server = await self.loop.create_server(
-            lambda: Conn(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True)
+            lambda: Conn(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True,
+            reuse_port=cfg.reuse_port or None)
         self.port = self._server.sockets[0].getsockname()[1]
         self._started_at = self._window_at = self.loop.time()
         self._tasks.append(asyncio.create_task(self._every(cfg.tick_ms, self._tick)))
@@ -128,6 +133,7 @@ class HeartbeatServer:
             "probe_ms": cfg.probe_ms, "probe_mode": cfg.probe_mode, "probe_bytes": cfg.probe_bytes,
             "max_clients": cfg.max_clients, "max_payload": cfg.max_payload,
             "loop": type(self.loop).__module__.split(".")[0]})
+        self._call_hooks("started", self)
         return self.port
 
     async def stop(self):
@@ -155,6 +161,9 @@ class HeartbeatServer:
         for c in list(self._conns):
             c.transport.abort()
         await self._server.wait_closed()
+        for h in self.hooks:
+            if hasattr(h, "stopped"):
+                await h.stopped()
         self._state = "stopped"
         self._stopped.set()
         s = self.stats()
@@ -197,6 +206,7 @@ class HeartbeatServer:
         self.clients.add(conn)
         self.connections += 1
         self.emit("online", {"client": conn.name, "online": len(self.clients)})
+        self._call_hooks("online", conn)
 
     def _offline(self, conn, reason, now=None):
         """Report a client offline once, forget it, close its connection."""
@@ -213,6 +223,7 @@ class HeartbeatServer:
             "since_last_ms": _ms(now - conn.last_heard), "up_ms": _ms(now - conn.since),
             "beats": conn.beats, "frames_in": conn.frames_in, "bytes_in": conn.bytes_in,
             "frames_out": conn.frames_out, "bytes_out": conn.bytes_out, "online": len(self.clients)})
+        self._call_hooks("offline", conn, reason)
         conn.close()
 
     def _closed(self, conn):
@@ -314,6 +325,12 @@ class HeartbeatServer:
         self._window_beats = self.beats
 
     # -- reporting ---------------------------------------------------------------------------------
+
+    def _call_hooks(self, what, *args):
+        for h in self.hooks:
+            fn = getattr(h, what, None)
+            if fn is not None:
+                fn(*args)
 
     def emit(self, name, fields):
         if self.on_event is not None:
