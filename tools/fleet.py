@@ -7,6 +7,10 @@ churn (devices that drop and reconnect at random), a share of silent devices (co
 of misbehaving ones (they send a broken header now and then). The devices are spread over --procs worker
 processes, each with its own event loop.
 
+`--light` runs many devices per process that only beat and echo probes (tools/fleet_light.py): enough to
+hold ~19,000 devices per process and to push one server process past its capacity. Give --server more than
+once and devices move to the next address on failure, as the firmware does with its `servers` list.
+
 At the end it prints what the server should have seen, as `fleet_expect` and `fleet_report` lines in the
 event format (docs/EVENTS.md), so a run can be checked against the server's own report.
 """
@@ -125,7 +129,7 @@ async def worker_main(spec):
     stop_at = start + spec["seconds"]
     counter = Counter()
     tasks = []
-    base = {"host": host, "port": port, "mode": spec["mode"], "beat_ms": spec["beat_ms"], "stats_ms": 0,
+    base = {"mode": spec["mode"], "beat_ms": spec["beat_ms"], "stats_ms": 0,
             "peer_timeout": "auto", "retry_ms": spec["retry_ms"], "backoff_max_ms": spec["backoff_max_ms"],
             "rx_buf": 256 if spec["mode"] == "raw" else 64, "max_payload": spec["max_payload"]}
     ramp = spec["ramp_s"]
@@ -138,6 +142,10 @@ async def worker_main(spec):
             coro = run_misbehaver(host, port, spec["beat_ms"], rng, counter, stop_at)
         else:
             cfg = dict(base)
+            if len(spec["servers"]) > 1:
+                cfg["servers"] = ["%s:%d" % hp for hp in spec["servers"]]
+            else:
+                cfg["host"], cfg["port"] = host, port
             if kind == "silent":
                 cfg["beat_ms"] = 3600000  # connected, never beating
                 cfg["peer_timeout"] = "off"
@@ -168,6 +176,16 @@ async def _delayed(delay, coro):
 
 def worker(spec, out):
     raise_fd_limit()
+    if spec.get("light"):
+        from tools import fleet_light
+
+        factory = None
+        if spec.get("loop") == "uvloop":
+            import uvloop
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            out.put(runner.run(fleet_light.worker_main(spec)))
+        return
     out.put(asyncio.run(worker_main(spec)))
 
 
@@ -180,7 +198,8 @@ def raise_fd_limit():
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python3 -m tools.fleet", description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, required=True, help="number of simulated devices")
-    ap.add_argument("--server", type=parse_server, required=True, metavar="HOST:PORT")
+    ap.add_argument("--server", type=parse_server, required=True, metavar="HOST:PORT", action="append",
+                    help="server address; repeat it for a list devices move along on failure")
     ap.add_argument("--seconds", type=float, default=60, help="how long to run (default 60)")
     ap.add_argument("--beat-ms", type=int, default=1000, help="beat interval of each device (default 1000)")
     ap.add_argument("--mode", choices=("framed", "raw"), default="framed")
@@ -192,6 +211,12 @@ def main(argv=None):
     ap.add_argument("--retry-ms", type=int, default=100)
     ap.add_argument("--backoff-max-ms", type=int, default=2000, help="fleet-friendly backoff cap (default 2000)")
     ap.add_argument("--seed", type=int, default=1, help="random seed (default 1): runs are reproducible")
+    ap.add_argument("--light", action="store_true",
+                    help="many devices per task, only beats and probe echoes (~19,000 per process)")
+    ap.add_argument("--status-ms", type=int, default=0,
+                    help="--light: print a fleet_status line per process this often (0 = never)")
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                    help="--light: the event loop of each process (default asyncio)")
     args = ap.parse_args(argv)
     if args.clients < 1:
         ap.error("--clients must be at least 1, got %d" % args.clients)
@@ -203,11 +228,18 @@ def main(argv=None):
         ap.error("--silent plus --misbehaving must not exceed 1")
     if not 10 <= args.beat_ms <= 3600000:
         ap.error("--beat-ms must be from 10 to 3600000, got %d" % args.beat_ms)
-    host, port = args.server
-    try:
-        host = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][4][0]  # resolve once, here
-    except OSError as e:
-        ap.error("--server %s: cannot resolve (%s)" % (args.server[0], e))
+    if args.light and (args.silent or args.misbehaving or args.churn_per_min or args.mode != "framed"):
+        ap.error("--light devices only beat and echo (framed): no --silent, --misbehaving, --churn-per-min, "
+                 "--mode raw")
+    if args.status_ms < 0:
+        ap.error("--status-ms must be >= 0, got %d" % args.status_ms)
+    servers = []
+    for host, port in args.server:
+        try:
+            servers.append((socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][4][0], port))  # once, here
+        except OSError as e:
+            ap.error("--server %s: cannot resolve (%s)" % (host, e))
+    host, port = servers[0]
 
     rng = random.Random(args.seed)
     kinds = []
@@ -217,12 +249,15 @@ def main(argv=None):
     rng.shuffle(kinds)
     ramp = args.ramp_s if args.ramp_s is not None else args.beat_ms / 1000
     specs = []
+    first = 0
     for p in range(args.procs):
         mine = kinds[p :: args.procs]
-        specs.append({"seed": args.seed * 1000 + p, "host": host, "port": port, "seconds": args.seconds,
+        specs.append({"light": args.light, "servers": servers, "proc": p, "first_index": first,
+                      "status_ms": args.status_ms, "loop": args.loop,"seed": args.seed * 1000 + p, "host": host, "port": port, "seconds": args.seconds,
                       "beat_ms": args.beat_ms, "mode": args.mode, "churn_per_min": args.churn_per_min,
                       "retry_ms": args.retry_ms, "backoff_max_ms": args.backoff_max_ms, "max_payload": 1024,
                       "ramp_s": ramp, "count": len(mine), "kinds": mine})
+        first += len(mine)
     emit("fleet_start", clients=args.clients, beating=kinds.count("beating"), silent=n_silent,
          misbehaving=n_bad, procs=args.procs, beat_ms=args.beat_ms, seconds=args.seconds, seed=args.seed)
     # What the server should see. Counts that depend on chance (churn drops, broken headers sent) are in
