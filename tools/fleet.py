@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import random
 import resource
+import signal
 import socket
 import struct
 import sys
@@ -175,6 +176,9 @@ async def _delayed(delay, coro):
 
 
 def worker(spec, out):
+    from tools._pdeath import die_with_parent
+
+    die_with_parent(signal.SIGKILL)  # a fleet killed outright takes its devices with it
     raise_fd_limit()
     if spec.get("light"):
         from tools import fleet_light

@@ -109,6 +109,9 @@ def run(n, config, run_worker, on_event):
 
 
 def _child(index, config, run_worker, reserved):
+    from tools._pdeath import die_with_parent
+
+    die_with_parent(signal.SIGTERM)  # a supervisor killed outright: the workers still stop cleanly
     reserved.close()  # the parent's placeholder; the worker listens on its own socket
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_DFL)
