@@ -27,6 +27,30 @@ GROUP = 500  # devices per beat task
 MAX_FRAME = HEADER_SIZE + 65536  # a server sending more than this is broken for our purposes
 
 
+DEVICES_PER_SOURCE = 500
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def loopback_socket(index):
+    """A socket bound to a loopback source address of its own per DEVICES_PER_SOURCE devices.
+
+    All devices talking to one server address from one source address share one pool of ~28,000 ephemeral
+    ports (fewer while old connections sit in TIME_WAIT), and as it fills every connect() spends longer
+    searching it. Spreading the sources over 127.0.0.0/8, with the port chosen at connect time
+    (IP_BIND_ADDRESS_NO_PORT), gives every source its own pool. It also gives every device of a test fleet
+    a distinct address, as real devices have."""
+    k = index // DEVICES_PER_SOURCE
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind(("127.200.%d.%d" % (k // 250, k % 250 + 1), 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class Device(asyncio.Protocol):
     __slots__ = ("fleet", "index", "link", "transport", "buf", "server_i", "connecting")
 
@@ -136,9 +160,17 @@ class LightFleet:
 
     async def _connect(self, dev):
         host, port = self.servers[dev.server_i]
+        sock = None
         try:
-            await self.loop.create_connection(lambda: dev, host, port)
+            if host.startswith("127."):
+                sock = loopback_socket(dev.index)
+                await self.loop.sock_connect(sock, (host, port))
+                await self.loop.create_connection(lambda: dev, sock=sock)
+            else:
+                await self.loop.create_connection(lambda: dev, host, port)
         except OSError:
+            if sock is not None:
+                sock.close()
             self.failures += 1
             dev.link.connect_failed()
             dev.connecting = False
