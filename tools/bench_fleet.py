@@ -13,7 +13,9 @@ For each phase (an event loop for the servers and the fleet's backoff cap), on l
      the fleet reconnects with its backoff. It reports the time from the first worker listening again
      until 99% and 100% of the devices are connected (the fleet's own count, every 100 ms), the accept
      rate achieved, and when the presence store's view is whole again.
-Every line is key=value; keys start with the phase's name. Everything stops by itself.
+The storm figures are the servers' own view (their metrics, read every 100 ms: devices online, connections
+accepted); `fleet_t99_s`/`fleet_t100_s` are the same from the devices' side. Every line is key=value; keys
+start with the phase's name. Everything stops by itself.
 """
 import argparse
 import json
@@ -92,6 +94,8 @@ class Phase:
         self.port = None
         self.connected = {}  # fleet proc -> latest connected count
         self.connects = {}
+        self.beats = {}
+        self.failures = {}
         self.status = []  # (t_s, total connected, total connects)
 
     def out(self, key, value):
@@ -157,6 +161,8 @@ class Phase:
                 proc = int(f["proc"])
                 self.connected[proc] = int(f["connected"])
                 self.connects[proc] = int(f["connects"])
+                self.beats[proc] = int(f["beats"])
+                self.failures[proc] = int(f["failures"])
                 self.status.append((int(parts[0]) / 1000, sum(self.connected.values()),
                                     sum(self.connects.values())))
             return
@@ -230,11 +236,13 @@ class Phase:
         f0 = {p: cpu_seconds(p) for p in fleet_pids}
         s0 = cpu_seconds(self.store.proc.pid)
         t0 = time.monotonic()
+        b0 = sum(self.beats.values())
         min_connected = a.devices
         while time.monotonic() < t0 + a.seconds:
             self.pump(0.2)
             min_connected = min(min_connected, self.total_connected())
         t1 = time.monotonic()
+        b1 = sum(self.beats.values())
         m1 = self.worker_figures()
         span = t1 - t0
         host = {"devices": 0, "beats": 0.0, "offline": 0.0, "silent": 0.0, "cpu": 0.0, "rss_delta": 0}
@@ -254,6 +262,7 @@ class Phase:
             self.out(w + ".cpu_us_per_device_s", "%.2f" % (1e6 * cpu / span / max(1, dev)))
             self.out(w + ".rss_mib", "%.1f" % (rss / 2**20))
             self.out(w + ".rss_per_device_bytes", "%.0f" % ((rss - rss0[p]) / max(1, dev)))
+            self.out(w + ".presence_errors", int(m1[i].get("hb_presence_errors_total", 0)))
             host["devices"] += dev
             host["beats"] += beats
             host["offline"] += off
@@ -264,6 +273,7 @@ class Phase:
         self.out("host.devices_held", host["devices"])
         self.out("host.min_connected_in_window", min_connected)
         self.out("host.beats_per_s", "%.0f" % (host["beats"] / span))
+        self.out("host.fleet_beats_sent_per_s", "%.0f" % ((b1 - b0) / span))
         self.out("host.false_offline", int(host["offline"]))
         self.out("host.server_cpu_pct_of_one_core", "%.1f" % (100 * host["cpu"] / span))
         self.out("host.server_cpu_us_per_device_s", "%.2f" % (1e6 * host["cpu"] / span / max(1, host["devices"])))
@@ -278,45 +288,59 @@ class Phase:
         a = self.args
         n = a.devices
         listening_before = len(self.listening)
-        connects_before = sum(self.connects.values())
+        failures_before = sum(self.failures.values())
         t_kill = time.monotonic()
         for p in pids:
             os.kill(p, signal.SIGKILL)
         self.pump_until(lambda: self.total_connected() <= n // 100, 30, "the fleet to notice the kill")
+        metrics_before = len(self.metrics)
         self.pump_until(lambda: len(self.listening) > listening_before, 30, "a worker listening again")
         t_listen = self.listening[listening_before]
+        # The servers' own view, every 100 ms: devices admitted (online) and connections accepted.
+        view = []  # (t, online, accepted)
         t99 = t100 = None
         deadline = time.monotonic() + 120
         while t100 is None and time.monotonic() < deadline:
             self.pump(0.1)
-            for t, total, _ in self.status:
-                if t < t_listen:
+            ports = list(self.metrics.values())[metrics_before:]
+            online = accepted = 0
+            for port in ports:
+                try:
+                    m = scrape(port)
+                except OSError:
                     continue
-                if t99 is None and total >= 0.99 * n:
-                    t99 = t
-                if total >= n:
-                    t100 = t
-                    break
+                online += m.get("hb_devices_online", 0)
+                accepted += m.get("hb_connections_total", 0)
+            t = time.monotonic()
+            view.append((t, online, accepted))
+            if t99 is None and online >= 0.99 * n:
+                t99 = t
+            if online >= n:
+                t100 = t
         self.out("storm.devices", n)
-        self.out("storm.fleet_down_s", "%.2f" % (t_listen - t_kill))
+        self.out("storm.servers_down_s", "%.2f" % (t_listen - t_kill))
         if t100 is None:
-            self.out("storm.error", "not every device came back within 120 s (connected %d)"
-                     % self.total_connected())
+            self.out("storm.error", "not every device came back within 120 s (online %d)" % view[-1][1])
             return
         self.out("storm.t99_s", "%.2f" % (t99 - t_listen))
         self.out("storm.t100_s", "%.2f" % (t100 - t_listen))
-        connects = [c for t, _, c in self.status if t <= t100][-1] - connects_before
-        self.out("storm.accept_rate_per_s", "%.0f" % (connects / max(1e-3, t100 - t_listen)))
+        self.out("storm.accepted", int(view[-1][2]))
+        self.out("storm.accept_rate_per_s", "%.0f" % (view[-1][2] / max(1e-3, t100 - t_listen)))
         # The best one-second window of accepts during the recovery.
-        pts = [(t, c) for t, _, c in self.status if t_listen <= t <= t100]
-        peak = 0
+        peak = 0.0
         j = 0
-        for i in range(len(pts)):
-            while pts[i][0] - pts[j][0] > 1.0:
+        for i in range(len(view)):
+            while view[i][0] - view[j][0] > 1.0:
                 j += 1
-            if pts[i][0] - pts[j][0] >= 0.5:
-                peak = max(peak, (pts[i][1] - pts[j][1]) / (pts[i][0] - pts[j][0]))
+            if view[i][0] - view[j][0] >= 0.5:
+                peak = max(peak, (view[i][2] - view[j][2]) / (view[i][0] - view[j][0]))
         self.out("storm.peak_accept_rate_per_s", "%.0f" % peak)
+        f99 = next((t for t, total, _ in self.status if t >= t_listen and total >= 0.99 * n), None)
+        f100 = next((t for t, total, _ in self.status if t >= t_listen and total >= n), None)
+        if f99 is not None and f100 is not None:
+            self.out("storm.fleet_t99_s", "%.2f" % (f99 - t_listen))
+            self.out("storm.fleet_t100_s", "%.2f" % (f100 - t_listen))
+        self.out("storm.fleet_failed_attempts", sum(self.failures.values()) - failures_before)
         deadline = time.monotonic() + 30
         while self.presence_online() < n and time.monotonic() < deadline:
             self.pump(0.25)
@@ -348,8 +372,8 @@ def main(argv=None):
     ap.add_argument("--ramp-s", type=float, default=10, help="fleet connects spread over this long (default %(default)s)")
     ap.add_argument("--probe-ms", type=int, default=10000, help="server echo probe period (default %(default)s)")
     ap.add_argument("--ttl-ms", type=int, default=15000, help="presence window (default %(default)s)")
-    ap.add_argument("--phases", type=parse_phases, default=parse_phases("asyncio:1000,asyncio:4000,uvloop:1000"),
-                    help="LOOP:BACKOFF_MAX_MS,... one run each (default asyncio:1000,asyncio:4000,uvloop:1000)")
+    ap.add_argument("--phases", type=parse_phases, default=parse_phases("asyncio:500,asyncio:2000,asyncio:8000,uvloop:2000"),
+                    help="LOOP:BACKOFF_MAX_MS,... one run each (default asyncio:500,asyncio:2000,asyncio:8000,uvloop:2000)")
     args = ap.parse_args(argv)
     if args.devices < 1:
         ap.error("--devices must be at least 1, got %d" % args.devices)
