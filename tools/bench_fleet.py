@@ -288,12 +288,12 @@ class Phase:
         a = self.args
         n = a.devices
         listening_before = len(self.listening)
+        metrics_before = len(self.metrics)
         failures_before = sum(self.failures.values())
         t_kill = time.monotonic()
         for p in pids:
             os.kill(p, signal.SIGKILL)
         self.pump_until(lambda: self.total_connected() <= n // 100, 30, "the fleet to notice the kill")
-        metrics_before = len(self.metrics)
         self.pump_until(lambda: len(self.listening) > listening_before, 30, "a worker listening again")
         t_listen = self.listening[listening_before]
         # The servers' own view, every 100 ms: devices admitted (online) and connections accepted.
