@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 DEFAULT_PREFIX = "hb"
+CHUNK = 2000  # records per pipelined round trip
 
 # KEYS: device hash, index zset. ARGV: mode, device, conn, server, now_ms, since_ms, last_beat_ms, reason,
 # ttl_ms, channel, keep_ms. Returns 1 when written, 0 when another connection owns the record.
@@ -168,7 +169,7 @@ class Presence:
         self._last_report = None
         self._down_since = None
         self._task = None
-        self._script = None
+        self._sha = None  # the write script's SHA1 once loaded into the store
         self._flushed = None  # an asyncio.Condition-free signal for tests: set after every flush
 
     # -- server hooks (synchronous, cheap) ---------------------------------------------------------
@@ -177,7 +178,6 @@ class Presence:
         self.srv = srv
         if self.r is None:
             self.r = connect(self.config.url, self.config.timeout_ms)
-        self._script = self.r.register_script(_SCRIPT)
         self._flushed = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
@@ -251,49 +251,59 @@ class Presence:
             # The store was away: it may have restarted empty. Rewrite every device we hold.
             for name, conn in self._owner.items():
                 if name not in notes:
-                    notes[name] = ("online", self._conn_ids[conn], self._wall(conn.since), self._last_beat(conn), "",
-                                   wall_ms())
+                    notes[name] = ("online", self._conn_ids[conn], self._wall(conn.since), self._last_beat(conn),
+                                   "", wall_ms())
             renew = []
         else:
             renew = [] if final else self._renewals()
         now = wall_ms()
         k = self.k
-        pipe = self.r.pipeline(transaction=False)
+        dev, index, channel, ttl, keep, sid = k["dev"], k["index"], k["channel"], cfg.ttl_ms, cfg.keep_ms, self.server_id
+        calls = []  # EVALSHA arguments, one tuple per record
         for name, (mode, conn_id, since, beat, reason, changed) in notes.items():
-            await self._script(keys=[k["dev"] + name, k["index"]],
-                         args=[mode, name, conn_id, self.server_id, changed, since, beat, reason, cfg.ttl_ms,
-                               k["channel"], cfg.keep_ms], client=pipe)
+            calls.append((dev + name, index, mode, name, conn_id, sid, changed, since, beat, reason, ttl, channel,
+                          keep))
         ids = self._conn_ids
+        owner = self._owner
         for conn in renew:
             conn_id = ids.get(conn)
             if conn_id is None:
                 continue
             name = device_name(conn)
-            if name in notes or self._owner.get(name) is not conn:
+            if name in notes or owner.get(name) is not conn:
                 continue
-            await self._script(keys=[k["dev"] + name, k["index"]],
-                         args=["refresh", name, conn_id, self.server_id, now, self._wall(conn.since),
-                               self._last_beat(conn), "", cfg.ttl_ms, k["channel"], cfg.keep_ms], client=pipe)
-        skey = k["server"] + self.server_id
-        if final:
-            pipe.delete(skey)
-        else:
-            pipe.hset(skey, mapping={"devices": len(ids), "seen": now, "pid": os.getpid(),
-                                     "port": self.srv.port if self.srv else 0})
-            pipe.pexpire(skey, cfg.ttl_ms)
-        if self.flushes % 600 == 0:
-            pipe.zremrangebyscore(k["index"], "-inf", now - cfg.keep_ms)  # forget devices gone for long
+            calls.append((dev + name, index, "refresh", name, conn_id, sid, now, self._wall(conn.since),
+                          self._last_beat(conn), "", ttl, channel, keep))
         try:
+            if self._sha is None:  # first flush, or the store restarted and forgot its scripts
+                self._sha = await self.r.script_load(_SCRIPT)
+            # Several bounded round trips rather than one huge one: a fleet coming online at once (tens of
+            # thousands of notes) must not outgrow the command timeout, nor hold the loop building it.
+            for i in range(0, len(calls), CHUNK):
+                pipe = self.r.pipeline(transaction=False)
+                for a in calls[i : i + CHUNK]:
+                    pipe.evalsha(self._sha, 2, *a)
+                await pipe.execute()
+            pipe = self.r.pipeline(transaction=False)
+            skey = k["server"] + sid
+            if final:
+                pipe.delete(skey)
+            else:
+                pipe.hset(skey, mapping={"devices": len(ids), "seen": now, "pid": os.getpid(),
+                                         "port": self.srv.port if self.srv else 0})
+                pipe.pexpire(skey, ttl)
+            if self.flushes % 600 == 0:
+                pipe.zremrangebyscore(index, "-inf", now - keep)  # forget devices gone for long
             await pipe.execute()
         except Exception as e:  # any failure of the store: connection, timeout, a reply we cannot use
+            self._sha = None  # the store may come back as a new process without our script: load it again
             self._failed(notes, e)
             return False
         finally:
-            await pipe.reset()
             self.flushes += 1
             if self._flushed is not None:
                 self._flushed.set()
-        self.writes += len(notes) + len(renew)
+        self.writes += len(calls)
         if self.up is False:
             self.srv.emit("presence_restored", {
                 "server": self.server_id, "down_ms": wall_ms() - self._down_since, "errors": self.errors,
