@@ -18,7 +18,7 @@ def main(config_path="config.json", board_path="board.json"):
         return 2
     from hbkeep.client import Client  # imported after the config is known good: less heap on a failed start
 
-    net = compat.Net()
+    net = compat.Net(board)  # the port's socket answers (errno numbers, write cap) from board.json
     client = Client(cfg, board, net)
     try:
         compat.run(_board_services(client, cfg, board))
@@ -55,6 +55,6 @@ async def _feed_watchdog(cfg, board, ev):
 
 
 if __name__ == "__main__":
-    rc = main(*sys.argv[1:3])
-    if rc:
-        sys.exit(rc)
+    # On a board: returns quietly after a config error (a SystemExit would soft-reset into main.py again);
+    # on the host: the exit status.
+    compat.exit_status(main(*sys.argv[1:3]))

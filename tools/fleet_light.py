@@ -20,7 +20,8 @@ import time
 
 from firmware.hbkeep import compat
 from firmware.hbkeep.link import Link
-from firmware.hbkeep.protocol import DATA, HEADER_SIZE, HEART, encode
+from firmware.hbkeep.protocol import DATA, HEADER_SIZE, HEART
+from firmware.hbkeep.protocol_host import encode
 
 HEART_FRAME = encode(HEART)
 GROUP = 500  # devices per beat task

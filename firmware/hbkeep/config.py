@@ -34,6 +34,9 @@ KEEPALIVE_SPEC = {
     "cnt": (INT, 3, 1, 127),
 }
 
+# 2^29 ms: the longest span time.ticks_diff() can tell and ticks_add() accepts (docs/PORTS.md).
+TICKS_SPAN_MAX = 1 << 29
+
 # Only used on boards. Values are never printed, not even in errors.
 WIFI_KEYS = ("ssid", "password")
 
@@ -68,6 +71,37 @@ def _check(name, spec, value):
 class Config:
     """Validated settings as attributes (cfg.beat_ms); keepalive flattened to ka_idle/ka_intvl/ka_cnt."""
 
+    # Every attribute declared, one line each, so that the type checker (`make typecheck`) flags a
+    # misspelt `cfg.beat_mss` wherever a Config is known. Next to free on a board: MicroPython generates
+    # no code for a bare annotation (about a byte of line table each). A new key goes into SPEC (check,
+    # default) and here (type);
+    # host_tests/test_config.py fails naming any attribute set but not declared, or declared but not set.
+    host: str
+    port: int
+    mode: str
+    beat_ms: int
+    peer_timeout: str
+    peer_miss: int
+    retry_ms: int
+    backoff_max_ms: int
+    connect_timeout_ms: int
+    max_payload: int
+    rx_buf: int
+    nodelay: bool
+    verbose: bool
+    stats_ms: int
+    wdt_ms: int
+    # "keepalive": false, or its object flattened
+    keepalive: bool
+    ka_idle: int
+    ka_intvl: int
+    ka_cnt: int
+    # "wifi": {ssid, password}; None when absent
+    wifi_ssid: "str | None"
+    wifi_password: "str | None"
+    # "servers", or host/port as a one-entry list: (host, port) pairs tried in turn
+    servers: "list[tuple[str, int]]"
+
     def __init__(self, user=None):
         user = user or {}
         if not isinstance(user, dict):
@@ -81,6 +115,7 @@ class Config:
         self._keepalive(user.get("keepalive", {}))
         self._wifi(user.get("wifi"))
         self._servers(user)
+        self._ticks_limits()
 
     def _servers(self, user):
         # Always a list of (host, port): one entry from host/port unless "servers" is given.
@@ -97,6 +132,19 @@ class Config:
             out.append(parse_server("servers[%d]" % i, text))
         self.servers = out
         self.host, self.port = out[0]
+
+    def _ticks_limits(self):
+        # A board's millisecond tick wraps at 2^30: ticks_diff() answers only within +-2^29 and
+        # ticks_add() raises OverflowError from 2^29 on. A span the firmware measures with ticks must stay
+        # below that (about 6.2 days), or a silence would never be judged, or adding it would raise.
+        # Single keys are bounded by their ranges; these are the products.
+        peer_miss = self.peer_miss
+        beat_ms = self.beat_ms
+        span = peer_miss * beat_ms
+        if span >= TICKS_SPAN_MAX:
+            raise ConfigError(
+                "peer_miss x beat_ms: %d x %d = %d ms, must be below %d ms (2^29, the longest span a board's "
+                "2^30 ms tick can measure); lower peer_miss or beat_ms" % (peer_miss, beat_ms, span, TICKS_SPAN_MAX))
 
     def _keepalive(self, ka):
         self.keepalive = ka is not False
@@ -145,7 +193,7 @@ def parse_server(name, text):
     return (host, port)
 
 
-def load(path):
+def load(path) -> Config:
     import json
 
     try:
