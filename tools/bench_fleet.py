@@ -96,6 +96,7 @@ class Phase:
         self.connects = {}
         self.beats = {}
         self.failures = {}
+        self.lag_ms = 0  # the fleet's worst beat lag since last reset
         self.status = []  # (t_s, total connected, total connects)
 
     def out(self, key, value):
@@ -163,6 +164,7 @@ class Phase:
                 self.connects[proc] = int(f["connects"])
                 self.beats[proc] = int(f["beats"])
                 self.failures[proc] = int(f["failures"])
+                self.lag_ms = max(self.lag_ms, int(f.get("lag_ms", 0)))
                 self.status.append((int(parts[0]) / 1000, sum(self.connected.values()),
                                     sum(self.connects.values())))
             return
@@ -236,6 +238,7 @@ class Phase:
         f0 = {p: cpu_seconds(p) for p in fleet_pids}
         s0 = cpu_seconds(self.store.proc.pid)
         t0 = time.monotonic()
+        self.lag_ms = 0
         b0 = sum(self.beats.values())
         min_connected = a.devices
         while time.monotonic() < t0 + a.seconds:
@@ -274,6 +277,7 @@ class Phase:
         self.out("host.min_connected_in_window", min_connected)
         self.out("host.beats_per_s", "%.0f" % (host["beats"] / span))
         self.out("host.fleet_beats_sent_per_s", "%.0f" % ((b1 - b0) / span))
+        self.out("host.fleet_max_beat_lag_ms", self.lag_ms)
         self.out("host.false_offline", int(host["offline"]))
         self.out("host.server_cpu_pct_of_one_core", "%.1f" % (100 * host["cpu"] / span))
         self.out("host.server_cpu_us_per_device_s", "%.2f" % (1e6 * host["cpu"] / span / max(1, host["devices"])))
@@ -290,6 +294,7 @@ class Phase:
         listening_before = len(self.listening)
         metrics_before = len(self.metrics)
         failures_before = sum(self.failures.values())
+        self.lag_ms = 0
         t_kill = time.monotonic()
         for p in pids:
             os.kill(p, signal.SIGKILL)
@@ -304,6 +309,7 @@ class Phase:
             self.pump(0.1)
             ports = list(self.metrics.values())[metrics_before:]
             online = accepted = 0
+            offline = {}
             for port in ports:
                 try:
                     m = scrape(port)
@@ -311,6 +317,10 @@ class Phase:
                     continue
                 online += m.get("hb_devices_online", 0)
                 accepted += m.get("hb_connections_total", 0)
+                for k, v in m.items():
+                    if k.startswith("hb_offline_total{"):
+                        reason = k.split('"')[1]
+                        offline[reason] = offline.get(reason, 0) + int(v)
             t = time.monotonic()
             view.append((t, online, accepted))
             if t99 is None and online >= 0.99 * n:
@@ -325,6 +335,10 @@ class Phase:
         self.out("storm.t99_s", "%.2f" % (t99 - t_listen))
         self.out("storm.t100_s", "%.2f" % (t100 - t_listen))
         self.out("storm.accepted", int(view[-1][2]))
+        # Devices dropped again during the recovery (silent: their beats did not arrive in time).
+        self.out("storm.offline_during_recovery", ",".join("%s:%d" % kv for kv in sorted(offline.items()) if kv[1])
+                 or "0")
+        self.out("storm.fleet_max_beat_lag_ms", self.lag_ms)
         self.out("storm.accept_rate_per_s", "%.0f" % (view[-1][2] / max(1e-3, t100 - t_listen)))
         # The best one-second window of accepts during the recovery.
         peak = 0.0

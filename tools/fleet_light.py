@@ -9,7 +9,8 @@ to hold ~19,000 devices in one process and to push one server process past its c
 
 With several `--server` addresses a device moves to the next one after a failed attempt or a lost
 connection, as the firmware does with its `servers` list. Each worker prints a `fleet_status` line every
---status-ms (connected now, connects and failed attempts so far), which `make bench-fleet` reads to time
+--status-ms (connected now, connects and failed attempts so far, and how far behind its schedule the
+worst beat group fell since the previous line: a load generator short of CPU shows here), which `make bench-fleet` reads to time
 reconnect storms.
 """
 import asyncio
@@ -29,27 +30,17 @@ MAX_FRAME = HEADER_SIZE + 65536  # a server sending more than this is broken for
 
 
 DEVICES_PER_SOURCE = 500
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
-def loopback_socket(index):
-    """A socket bound to a loopback source address of its own per DEVICES_PER_SOURCE devices.
+def loopback_source(index):
+    """A loopback source address of its own per DEVICES_PER_SOURCE devices.
 
     All devices talking to one server address from one source address share one pool of ~28,000 ephemeral
     ports (fewer while old connections sit in TIME_WAIT), and as it fills every connect() spends longer
-    searching it. Spreading the sources over 127.0.0.0/8, with the port chosen at connect time
-    (IP_BIND_ADDRESS_NO_PORT), gives every source its own pool. It also gives every device of a test fleet
-    a distinct address, as real devices have."""
+    searching it. Spreading the sources over 127.0.0.0/8 gives every source its own pool, and every device
+    of a test fleet a distinct address, as real devices have."""
     k = index // DEVICES_PER_SOURCE
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-        sock.bind(("127.200.%d.%d" % (k // 250, k % 250 + 1), 0))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return "127.200.%d.%d" % (k // 250, k % 250 + 1)
 
 
 class Device(asyncio.Protocol):
@@ -135,6 +126,7 @@ class LightFleet:
         self.hearts_in = 0
         self.echoes = 0
         self.protocol_errors = 0
+        self.lag = 0.0  # the longest a beat group was behind its schedule since the last status line (s)
         self.loop = None
         self.stopping = False
         self._tasks = set()
@@ -161,17 +153,10 @@ class LightFleet:
 
     async def _connect(self, dev):
         host, port = self.servers[dev.server_i]
-        sock = None
+        local = (loopback_source(dev.index), 0) if host.startswith("127.") else None
         try:
-            if host.startswith("127."):
-                sock = loopback_socket(dev.index)
-                await self.loop.sock_connect(sock, (host, port))
-                await self.loop.create_connection(lambda: dev, sock=sock)
-            else:
-                await self.loop.create_connection(lambda: dev, host, port)
+            await self.loop.create_connection(lambda: dev, host, port, local_addr=local)
         except OSError:
-            if sock is not None:
-                sock.close()
             self.failures += 1
             dev.link.connect_failed()
             dev.connecting = False
@@ -191,6 +176,8 @@ class LightFleet:
             self.beats += n
             nxt += period
             delay = nxt - self.loop.time()
+            if -delay > self.lag:
+                self.lag = -delay
             if delay < 0:  # behind: beat on from now rather than in a burst
                 nxt = self.loop.time()
                 delay = 0
@@ -234,10 +221,12 @@ class LightFleet:
 
 def status_printer(proc):
     def status(fleet):
-        sys.stdout.write("%d fleet_status proc=%d connected=%d devices=%d connects=%d failures=%d beats=%d\n" % (
-            int(time.monotonic() * 1000), proc, fleet.connected, len(fleet.devices), fleet.connects,
-            fleet.failures, fleet.beats))
+        sys.stdout.write(
+            "%d fleet_status proc=%d connected=%d devices=%d connects=%d failures=%d beats=%d lag_ms=%d\n" % (
+                int(time.monotonic() * 1000), proc, fleet.connected, len(fleet.devices), fleet.connects,
+                fleet.failures, fleet.beats, int(fleet.lag * 1000)))
         sys.stdout.flush()
+        fleet.lag = 0.0
     return status
 
 
