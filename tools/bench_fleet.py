@@ -298,7 +298,6 @@ class Phase:
         t_kill = time.monotonic()
         for p in pids:
             os.kill(p, signal.SIGKILL)
-        self.pump_until(lambda: self.total_connected() <= n // 100, 30, "the fleet to notice the kill")
         self.pump_until(lambda: len(self.listening) > listening_before, 30, "a worker listening again")
         t_listen = self.listening[listening_before]
         # The servers' own view, every 100 ms: devices admitted (online) and connections accepted.
@@ -349,8 +348,12 @@ class Phase:
             if view[i][0] - view[j][0] >= 0.5:
                 peak = max(peak, (view[i][2] - view[j][2]) / (view[i][0] - view[j][0]))
         self.out("storm.peak_accept_rate_per_s", "%.0f" % peak)
-        f99 = next((t for t, total, _ in self.status if t >= t_listen and total >= 0.99 * n), None)
-        f100 = next((t for t, total, _ in self.status if t >= t_listen and total >= n), None)
+        # The devices' side: from the first moment they saw the loss, until they are connected again.
+        t_drop = next((t for t, total, _ in self.status if t >= t_kill and total < 0.99 * n), None)
+        f99 = f100 = None
+        if t_drop is not None:
+            f99 = next((t for t, total, _ in self.status if t > t_drop and total >= 0.99 * n), None)
+            f100 = next((t for t, total, _ in self.status if t > t_drop and total >= n), None)
         if f99 is not None and f100 is not None:
             self.out("storm.fleet_t99_s", "%.2f" % (f99 - t_listen))
             self.out("storm.fleet_t100_s", "%.2f" % (f100 - t_listen))

@@ -14,6 +14,7 @@ worst beat group fell since the previous line: a load generator short of CPU sho
 reconnect storms.
 """
 import asyncio
+import collections
 import random
 import socket
 import sys
@@ -26,6 +27,10 @@ from firmware.hbkeep.protocol_host import encode
 
 HEART_FRAME = encode(HEART)
 GROUP = 500  # devices per beat task
+# Connect attempts in flight per process. A real device has a CPU of its own; simulated ones share one, and
+# 15,000 attempts at once would starve the beat tasks for seconds -- the silence would be the simulator's,
+# not the network's. Attempts beyond this wait their turn (the kernel's handshake is not the bottleneck).
+MAX_CONNECTING = 256
 MAX_FRAME = HEADER_SIZE + 65536  # a server sending more than this is broken for our purposes
 
 
@@ -129,7 +134,8 @@ class LightFleet:
         self.lag = 0.0  # the longest a beat group was behind its schedule since the last status line (s)
         self.loop = None
         self.stopping = False
-        self._tasks = set()
+        self._tasks = set()  # connect attempts in flight
+        self._waiting = collections.deque()  # devices due to connect while MAX_CONNECTING are in flight
 
     def rand_below(self, n):
         return self.rng.randrange(n) if n > 0 else 0
@@ -147,9 +153,20 @@ class LightFleet:
         if self.stopping or dev.connecting or dev.transport is not None:
             return
         dev.connecting = True
+        if len(self._tasks) >= MAX_CONNECTING:
+            self._waiting.append(dev)  # started as soon as one of the attempts in flight ends
+            return
+        self._launch(dev)
+
+    def _launch(self, dev):
         t = self.loop.create_task(self._connect(dev))
         self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        t.add_done_callback(self._attempt_done)
+
+    def _attempt_done(self, t):
+        self._tasks.discard(t)
+        while self._waiting and len(self._tasks) < MAX_CONNECTING and not self.stopping:
+            self._launch(self._waiting.popleft())
 
     async def _connect(self, dev):
         host, port = self.servers[dev.server_i]
