@@ -93,3 +93,21 @@ def test_rtt_buckets_are_cumulative_and_placed_by_value():
     assert [n for _, n in buckets] == sorted(n for _, n in buckets)
     assert len(buckets) == len(RTT_BUCKETS) + 1
     assert abs(total - 20.2069) < 20.2069 * 0.03
+
+
+def test_busy_metrics_port_is_named():
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "tools.hbserver", "--host", "127.0.0.1", "--port", "0",
+                            "--quiet", "--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
+                           cwd=root, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert "--metrics-port 127.0.0.1:%d: Address already in use" % port in r.stderr, r.stderr

@@ -286,9 +286,24 @@ class Phase:
                  "%.1f" % (100 * sum(cpu_seconds(p) - f0[p] for p in fleet_pids) / span))
         self.out("host.store_cpu_pct_of_one_core", "%.1f" % (100 * (cpu_seconds(self.store.proc.pid) - s0) / span))
         self.out("host.presence_online", self.presence_online())
-        self.storm(pids)
+        results = []
+        for k in range(a.storms):
+            pids = [self.workers[i] for i in sorted(self.workers)]  # the workers running now
+            r = self.storm(pids, "storm%d" % (k + 1))
+            if r is None:
+                raise RuntimeError("storm %d: the fleet did not come back" % (k + 1))
+            results.append(r)
+            settled = time.monotonic() + 3.0  # let the fresh workers' first flushes and ticks pass
+            self.pump_until(lambda: time.monotonic() >= settled, 10, "settling")
+        for i, key in enumerate(("t99_s", "t100_s", "accept_rate_per_s")):
+            vals = sorted(r[i] for r in results)
+            fmt = "%.0f" if key == "accept_rate_per_s" else "%.2f"
+            self.out("storm.%s_median" % key, fmt % vals[len(vals) // 2])
+            self.out("storm.%s_range" % key, (fmt + ".." + fmt) % (vals[0], vals[-1]))
 
-    def storm(self, pids):
+    def storm(self, pids, tag):
+        """Kill every worker at once; report the recovery under keys `<phase>.<tag>.*`; return
+        (t99_s, t100_s, accept_rate) or None when the fleet did not come back."""
         a = self.args
         n = a.devices
         listening_before = len(self.listening)
@@ -326,19 +341,19 @@ class Phase:
                 t99 = t
             if online >= n:
                 t100 = t
-        self.out("storm.devices", n)
-        self.out("storm.servers_down_s", "%.2f" % (t_listen - t_kill))
+        self.out(tag + ".devices", n)
+        self.out(tag + ".servers_down_s", "%.2f" % (t_listen - t_kill))
         if t100 is None:
-            self.out("storm.error", "not every device came back within 120 s (online %d)" % view[-1][1])
-            return
-        self.out("storm.t99_s", "%.2f" % (t99 - t_listen))
-        self.out("storm.t100_s", "%.2f" % (t100 - t_listen))
-        self.out("storm.accepted", int(view[-1][2]))
+            self.out(tag + ".error", "not every device came back within 120 s (online %d)" % view[-1][1])
+            return None
+        self.out(tag + ".t99_s", "%.2f" % (t99 - t_listen))
+        self.out(tag + ".t100_s", "%.2f" % (t100 - t_listen))
+        self.out(tag + ".accepted", int(view[-1][2]))
         # Devices dropped again during the recovery (silent: their beats did not arrive in time).
-        self.out("storm.offline_during_recovery", ",".join("%s:%d" % kv for kv in sorted(offline.items()) if kv[1])
+        self.out(tag + ".offline_during_recovery", ",".join("%s:%d" % kv for kv in sorted(offline.items()) if kv[1])
                  or "0")
-        self.out("storm.fleet_max_beat_lag_ms", self.lag_ms)
-        self.out("storm.accept_rate_per_s", "%.0f" % (view[-1][2] / max(1e-3, t100 - t_listen)))
+        self.out(tag + ".fleet_max_beat_lag_ms", self.lag_ms)
+        self.out(tag + ".accept_rate_per_s", "%.0f" % (view[-1][2] / max(1e-3, t100 - t_listen)))
         # The best one-second window of accepts during the recovery.
         peak = 0.0
         j = 0
@@ -347,7 +362,7 @@ class Phase:
                 j += 1
             if view[i][0] - view[j][0] >= 0.5:
                 peak = max(peak, (view[i][2] - view[j][2]) / (view[i][0] - view[j][0]))
-        self.out("storm.peak_accept_rate_per_s", "%.0f" % peak)
+        self.out(tag + ".peak_accept_rate_per_s", "%.0f" % peak)
         # The devices' side: from the first moment they saw the loss, until they are connected again.
         t_drop = next((t for t, total, _ in self.status if t >= t_kill and total < 0.99 * n), None)
         f99 = f100 = None
@@ -355,14 +370,15 @@ class Phase:
             f99 = next((t for t, total, _ in self.status if t > t_drop and total >= 0.99 * n), None)
             f100 = next((t for t, total, _ in self.status if t > t_drop and total >= n), None)
         if f99 is not None and f100 is not None:
-            self.out("storm.fleet_t99_s", "%.2f" % (f99 - t_listen))
-            self.out("storm.fleet_t100_s", "%.2f" % (f100 - t_listen))
-        self.out("storm.fleet_failed_attempts", sum(self.failures.values()) - failures_before)
+            self.out(tag + ".fleet_t99_s", "%.2f" % (f99 - t_listen))
+            self.out(tag + ".fleet_t100_s", "%.2f" % (f100 - t_listen))
+        self.out(tag + ".fleet_failed_attempts", sum(self.failures.values()) - failures_before)
         deadline = time.monotonic() + 30
         while self.presence_online() < n and time.monotonic() < deadline:
             self.pump(0.25)
         got = self.presence_online()
-        self.out("storm.presence_whole_s", "%.2f" % (time.monotonic() - t_listen) if got >= n else "no (%d)" % got)
+        self.out(tag + ".presence_whole_s", "%.2f" % (time.monotonic() - t_listen) if got >= n else "no (%d)" % got)
+        return (t99 - t_listen, t100 - t_listen, view[-1][2] / max(1e-3, t100 - t_listen))
 
 
 def parse_phases(text):
@@ -385,13 +401,17 @@ def main(argv=None):
     ap.add_argument("--fleet-procs", type=int, default=2, help="light-fleet processes (default %(default)s)")
     ap.add_argument("--fleet-loop", choices=("asyncio", "uvloop"), default="uvloop",
                     help="event loop of the load generator (default %(default)s: leaves more CPU to the servers)")
-    ap.add_argument("--seconds", type=float, default=20, help="steady window per phase (default %(default)s)")
+    ap.add_argument("--seconds", type=float, default=15, help="steady window per phase (default %(default)s)")
     ap.add_argument("--ramp-s", type=float, default=10, help="fleet connects spread over this long (default %(default)s)")
     ap.add_argument("--probe-ms", type=int, default=10000, help="server echo probe period (default %(default)s)")
+    ap.add_argument("--storms", type=int, default=3,
+                    help="reconnect storms per phase, reported one by one and as median and range (default %(default)s)")
     ap.add_argument("--ttl-ms", type=int, default=15000, help="presence window (default %(default)s)")
     ap.add_argument("--phases", type=parse_phases, default=parse_phases("asyncio:500,asyncio:2000,asyncio:8000,uvloop:2000"),
                     help="LOOP:BACKOFF_MAX_MS,... one run each (default asyncio:500,asyncio:2000,asyncio:8000,uvloop:2000)")
     args = ap.parse_args(argv)
+    if args.storms < 1:
+        ap.error("--storms must be at least 1, got %d" % args.storms)
     if args.devices < 1:
         ap.error("--devices must be at least 1, got %d" % args.devices)
     if args.workers < 1 or args.fleet_procs < 1 or args.devices / args.fleet_procs > 19500:

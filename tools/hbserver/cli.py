@@ -152,8 +152,9 @@ async def serve(config, as_json=False, quiet=False, presence=None, metrics=None)
     try:
         await server.start()
     except OSError as e:
-        print("hbserver: cannot listen on %s:%d: %s" % (config.host, config.port, e.strerror or e),
-              file=sys.stderr)
+        what = e.strerror if e.strerror and e.strerror.startswith("--") else "cannot listen on %s:%d: %s" % (
+            config.host, config.port, e.strerror or e)
+        print("hbserver: %s" % what, file=sys.stderr)
         return 1
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -107,7 +107,10 @@ class Metrics:
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(ServerCollector(srv, self.presence))
-        self._httpd, _thread = start_http_server(self.port, addr=self.host, registry=registry)
+        try:
+            self._httpd, _thread = start_http_server(self.port, addr=self.host, registry=registry)
+        except OSError as e:
+            raise OSError(e.errno, "--metrics-port %s:%d: %s" % (self.host, self.port, e.strerror or e)) from None
         self.bound_port = self._httpd.server_address[1]
         srv.emit("metrics", {"host": self.host, "port": self.bound_port, "path": "/metrics"})
 
