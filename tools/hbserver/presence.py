@@ -169,8 +169,11 @@ class Presence:
         self._last_report = None
         self._down_since = None
         self._task = None
+        self._closing = False
         self._sha = None  # the write script's SHA1 once loaded into the store
-        self._flushed = None  # an asyncio.Condition-free signal for tests: set after every flush
+        self._started = 0  # flushes begun
+        self._done = 0  # the latest begun flush that has finished
+        self._flushed = None  # set after every flush (wait_flush)
 
     # -- server hooks (synchronous, cheap) ---------------------------------------------------------
 
@@ -203,10 +206,13 @@ class Presence:
 
     async def stopped(self):
         """After the server has put every client offline: write that, drop the server key, close."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            # The client library may turn a cancellation that lands mid-command into an error of its own,
+            # which flush() then counts as a failed write; the _closing flag ends the loop either way.
+            task.cancel()
+            await asyncio.wait([task], timeout=self.config.timeout_ms / 1000 * 2)
         try:
             async with asyncio.timeout(self.config.timeout_ms / 1000 * 2):
                 await self.flush(final=True)
@@ -227,9 +233,10 @@ class Presence:
 
     async def _run(self):
         period = self.config.flush_ms / 1000
-        while True:
+        while not self._closing:
             await self.flush()
-            await asyncio.sleep(period)
+            if not self._closing:
+                await asyncio.sleep(period)
 
     def _renewals(self):
         """The slice of online connections to renew this flush: all of them every ttl_ms / 3."""
@@ -246,6 +253,8 @@ class Presence:
 
     async def flush(self, final=False):
         cfg = self.config
+        self._started += 1
+        this = self._started
         notes, self.notes = self.notes, {}
         if self.resync:
             # The store was away: it may have restarted empty. Rewrite every device we hold.
@@ -301,6 +310,7 @@ class Presence:
             return False
         finally:
             self.flushes += 1
+            self._done = max(self._done, this)
             if self._flushed is not None:
                 self._flushed.set()
         self.writes += len(calls)
@@ -331,9 +341,12 @@ class Presence:
             self._errors_reported = self.errors
 
     async def wait_flush(self):
-        """Wait for the next flush to finish (tests and tools that want a known point)."""
-        self._flushed.clear()
-        await self._flushed.wait()
+        """Wait until a flush that started after this call has finished: everything noted before the
+        call has then been sent (tests and tools that want a known point)."""
+        target = self._started + 1
+        while self._done < target:
+            self._flushed.clear()
+            await self._flushed.wait()
 
 
 def _describe(exc):
