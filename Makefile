@@ -15,7 +15,7 @@ DEPS_STAMP := $(VENV)/.requirements-dev.stamp
 STUBS := $(VENV)/stubs
 STUB_PORTS := esp32 rp2
 
-.PHONY: help setup test mpy typecheck run bench bench-server bench-fleet deploy simboard package-json clean distclean
+.PHONY: help setup test mpy typecheck run bench bench-server bench-fleet bench-tls deploy simboard package-json clean distclean
 
 help: ## list the targets (default)
 	@echo "Targets:"
@@ -64,6 +64,9 @@ bench-server: $(DEPS_STAMP) ## run the benchmark server (tools/bench_server.py)
 
 bench-fleet: $(DEPS_STAMP) ## several server processes + presence store + light fleet: capacity, CPU/RSS, reconnect storms
 	$(PY) -m tools.bench_fleet
+
+bench-tls: setup ## TLS handshake time and heap on MicroPython (tools/tlsbench.py)
+	$(PY) -m tools.tlsbench
 
 # make deploy BOARD=esp32 PORT=/dev/ttyUSB0 CONFIG=config.json [ARGS="--run"]: see docs/BOARD.md.
 deploy: $(DEPS_STAMP) ## put the firmware on a board: BOARD=... PORT=... CONFIG=... [ARGS=--run] (docs/BOARD.md)

@@ -13,6 +13,7 @@ package(
     "hbkeep",
     files=(
         "__init__.py",
+        "auth.py",
         "client.py",
         "compat.py",
         "config.py",
@@ -20,7 +21,11 @@ package(
         "fastbuf.py",
         "link.py",
         "protocol.py",
+        "repeats.py",
+        "sntp.py",
         "sockopts.py",
+        "strictjson.py",
+        "tls.py",
         "wifi.py",
     ),
 )

@@ -115,14 +115,15 @@ class Device(asyncio.Protocol):
 
 
 class LightFleet:
-    def __init__(self, servers, count, beat_ms, retry_ms, backoff_max_ms, ramp_s, seed, first_index=0):
+    def __init__(self, servers, count, beat_ms, retry_ms, backoff_max_ms, ramp_s, seed, first_index=0, stride=1):
         self.servers = servers  # [(host, port)], resolved
         self.beat_ms = beat_ms
         self.retry_ms = retry_ms
         self.backoff_max_ms = backoff_max_ms
         self.ramp_s = ramp_s
         self.rng = random.Random(seed)
-        self.devices = [Device(self, first_index + i) for i in range(count)]
+        # Device numbers are fleet-wide (process p of P holds p, p + P, p + 2P, ...): they pick source addresses.
+        self.devices = [Device(self, first_index + i * stride) for i in range(count)]
         self.connected = 0
         self.connects = 0
         self.failures = 0
@@ -249,5 +250,5 @@ def status_printer(proc):
 
 async def worker_main(spec):
     fleet = LightFleet(spec["servers"], spec["count"], spec["beat_ms"], spec["retry_ms"], spec["backoff_max_ms"],
-                       spec["ramp_s"], spec["seed"], spec["first_index"])
+                       spec["ramp_s"], spec["seed"], spec["first_index"], spec["stride"])
     return await fleet.run(spec["seconds"], spec["status_ms"], status_printer(spec["proc"]))

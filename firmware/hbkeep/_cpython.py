@@ -5,6 +5,7 @@ import asyncio
 import errno
 import random
 import socket
+import ssl
 import sys
 import time
 
@@ -97,17 +98,22 @@ async def wait_writable(sock):
         loop.remove_writer(fd)
 
 
+# "Nothing now" from a plain socket, or from a TLS one (whose record layer can want either direction; on
+# the client it is in practice always the one asked for).
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
 def try_read(sock, buf):
     try:
         return sock.recv_into(buf)
-    except (BlockingIOError, InterruptedError):
+    except _WOULD_BLOCK:
         return -1
 
 
 def try_write(sock, buf, off, n):
     try:
         return sock.send(memoryview(buf)[off : off + n])
-    except (BlockingIOError, InterruptedError):
+    except _WOULD_BLOCK:
         return 0
 
 
@@ -133,3 +139,26 @@ def net_class(base):
         try_write = staticmethod(try_write)
 
     return Net
+
+
+def mem_free():
+    return -1  # unknown: CPython's heap grows on demand
+
+
+def on_terminate(record):
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, after record() notes why."""
+    import signal
+
+    def stop(signum, frame):
+        record()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def ignore_interrupts():
+    # While the last lines are written: a second Ctrl-C or SIGTERM must not cut them short.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -15,6 +15,7 @@ from . import sockopts
 from .link import Link, BEAT, SILENT, STALLED
 from .config import Config
 from .events import Events, Stats
+from .repeats import FailureRun
 
 VERSION = "0.1.0"
 
@@ -25,6 +26,8 @@ R_PROTOCOL = "protocol"  # the server broke the wire format
 R_SILENCE = "silence"  # nothing received for peer_miss x beat_ms
 R_STALL = "write_stall"  # the server stopped reading for peer_miss x beat_ms
 R_STOP = "stop"  # the client was stopped
+R_ERROR = "error"  # an exception nobody foresaw (a bug, a MemoryError); detail names its type
+R_AUTH = "auth"  # authentication failed: wrong proof, an unexpected frame, closed or timed out
 
 
 class Client:
@@ -66,6 +69,18 @@ class Client:
         self._detail = None
         self._rx_task = None
         self._beat_task = None  # finishes a beat the socket took only part of
+        self.failing = FailureRun(cfg.verbose)  # which connect failures get a line of their own
+        # Optional layers (docs/SECURITY.md), imported only when configured: nothing for a plain device.
+        self.tls = None
+        if cfg.tls_ca:
+            from .tls import Tls
+
+            self.tls = Tls(cfg)  # parses the CA once; a bad file raises tls.CaError (a ValueError)
+        self.auth = None
+        if cfg.auth_id:
+            from .auth import DeviceAuth
+
+            self.auth = DeviceAuth(cfg.auth_id, cfg.auth_key)
 
     # -- the forever loop ----------------------------------------------------------------------
     async def run(self):
@@ -79,18 +94,12 @@ class Client:
         link = self.link
         try:
             while True:
-                if not self.net.link_up():
-                    await sleep_ms(link.retry_delay(compat.rand_below))
-                    continue
-                if self.addr is None and not self._resolve():
+                # Nothing raised in one attempt ends the client: it becomes an event and a retry.
+                try:
+                    await self._attempt()
+                except Exception as e:
+                    self.error("attempt", e)
                     link.connect_failed()
-                    self._next_server()
-                    await sleep_ms(link.retry_delay(compat.rand_below))
-                    continue
-                sock = await self._connect()
-                if sock is not None:
-                    await self._session(sock)
-                self._next_server()  # a failed attempt or an ended session: try the next one
                 await sleep_ms(link.retry_delay(compat.rand_below))
         finally:
             if stats_task:
@@ -103,13 +112,39 @@ class Client:
             self.server_i = (self.server_i + 1) % n
             self.addr = self.addrs[self.server_i]
 
+    async def _attempt(self):
+        if not self.net.link_up():
+            return
+        if self.addr is None and not self._resolve():
+            self.link.connect_failed()
+            self._next_server()
+            return
+        sock = await self._connect()
+        if sock is not None:
+            await self._session(sock)
+        self._next_server()  # a failed attempt or an ended session: try the next one
+
+    def error(self, where, e):
+        # Where an exception nobody foresaw was caught, and what it was. Never the end of the firmware.
+        self.ev.emit("client_error", "where", where, "error", compat.exc_text(e))
+
+    def _failed(self, now, reason):
+        """True when this failure gets its own line; else maybe a summary line is due instead."""
+        if self.failing.failed(now, reason):
+            return True
+        if self.failing.summary_due(now):
+            self.ev.emit("connect_failing", *self.failing.summary(now))
+        return False
+
     def _resolve(self):
         host, port = self.servers[self.server_i]
         try:
             self.addr = self.net.resolve(host, port)
         except OSError as e:
             self.stats.connect_failed("resolve")
-            self.ev.emit("resolve_failed", "host", host, "error", compat.errno_name(e))
+            name = compat.errno_name(e)
+            if self._failed(ticks_ms(), name):
+                self.ev.emit("resolve_failed", "host", host, "error", name)
             return False
         self.addrs[self.server_i] = self.addr
         self.ev.emit("resolved", "host", host, "addr", self.net.addr_str(self.addr))
@@ -142,19 +177,137 @@ class Client:
                 net.close(sock)  # the seed leaks one descriptor per failed attempt; we do not
             st.connect_failed(reason)
             self.link.connect_failed()
-            self.ev.emit(
-                "connect_failed", "attempt", st.attempts, "reason", reason,
-                "took_ms", ticks_diff(ticks_ms(), t0),
-            )
+            now = ticks_ms()
+            if self._failed(now, reason):
+                self.ev.emit(
+                    "connect_failed", "attempt", st.attempts, "reason", reason, "took_ms", ticks_diff(now, t0),
+                )
             return None
         applied, lacking, failed = sockopts.apply(net, sock, self.board.get("sockopts", {}), cfg)
+        pre = 0
+        tlsc = self.tls
+        if tlsc is not None:  # after the socket options: a TLS socket has no setsockopt
+            sock, pre = await self._tls_start(tlsc, sock, t0)
+            if sock is None:
+                return None
+        summary = self.failing.ended(ticks_ms())  # a run of failures ends with a connection, not a TCP one
+        if summary is not None:
+            self.ev.emit("connect_failing", *summary)
         st.connects += 1
         self.ev.emit(
             "connected", "addr", net.addr_str(self.addr), "attempt", st.attempts,
             "took_ms", ticks_diff(ticks_ms(), t0), "applied", ",".join(applied),
             "lacking", ",".join(lacking), "failed", ",".join(failed),
         )
+        auth = self.auth
+        if auth is not None and not await self._authenticate(auth, sock, pre):
+            return None
         return sock
+
+    async def _tls_start(self, tlsc, raw, t0):
+        """Wrap and handshake; returns (TLS socket, bytes of the CHALLENGE already read) or (None, 0)
+        after a connect_failed event. The handshake completes with the session's first transfer
+        (see tls.py): the CHALLENGE's first bytes with authentication, else a first beat."""
+        from . import tls
+
+        net = self.net
+        sock = None
+        reason = None
+        detail = None
+        n = 0
+        try:
+            sock = tlsc.wrap(raw)
+            if self.auth is not None:
+                n = await compat.wait_for_ms(tls.handshake(sock, self.auth.challenge_view(), 0), tlsc.timeout_ms)
+                if n == 0:
+                    reason, detail = tls.CLOSED, "eof"
+            else:
+                await compat.wait_for_ms(tls.handshake(sock, self.beat, HEADER_SIZE), tlsc.timeout_ms)
+                self.stats.beats_sent += 1
+        except compat.TimeoutError:
+            reason, detail = tls.TIMEOUT, "%dms" % tlsc.timeout_ms
+        except (OSError, ValueError) as e:
+            reason, detail = tls.failure(e)
+        except compat.CancelledError:
+            net.close(sock if sock is not None else raw)
+            net.close(raw)
+            raise
+        if reason is None:
+            self.ev.emit("tls_ready", "took_ms", ticks_diff(ticks_ms(), t0), "server_hostname", tlsc.hostname)
+            return sock, n if n > 0 else 0
+        if sock is not None:
+            net.close(sock)
+        net.close(raw)  # a failed MicroPython handshake detaches the TLS socket from it: close it too
+        self.stats.connect_failed(reason)
+        self.link.connect_failed()
+        now = ticks_ms()
+        if self._failed(now, reason):  # a server with a bad certificate fails every attempt: summarised too
+            self.ev.emit(
+                "connect_failed", "attempt", self.stats.attempts, "reason", reason, "detail", detail,
+                "took_ms", ticks_diff(now, t0),
+            )
+        return None, 0
+
+    async def _authenticate(self, auth, sock, pre):
+        """The CHALLENGE / AUTH / WELCOME exchange before the session starts. False (after a
+        `disconnected reason=auth` event, the socket closed) when the server did not prove the key."""
+        from .auth import AuthError
+
+        t0 = ticks_ms()
+        detail = None
+        try:
+            await compat.wait_for_ms(self._auth_exchange(auth, sock, pre), self.cfg.auth_timeout_ms)
+        except AuthError as e:
+            detail = e.args[0]
+        except compat.TimeoutError:
+            detail = "timeout"
+        except OSError as e:
+            detail = compat.errno_name(e)
+        except compat.CancelledError:
+            self.net.close(sock)
+            raise
+        now = ticks_ms()
+        if detail is None:
+            self.ev.emit("authenticated", "id", self.cfg.auth_id, "took_ms", ticks_diff(now, t0))
+            return True
+        self.net.close(sock)
+        self.link.connect_failed()
+        self.stats.disconnected(R_AUTH)
+        self.ev.emit("disconnected", "reason", R_AUTH, "detail", detail, "up_ms", ticks_diff(now, t0))
+        return False
+
+    async def _auth_exchange(self, auth, sock, pre):
+        view = auth.challenge_view()
+        await self._read_exactly(sock, view, pre)
+        frame = auth.answer(view)
+        net = self.net
+        off = 0
+        while off < len(frame):
+            k = net.try_write(sock, frame, off, len(frame) - off)
+            if k:
+                off += k
+            else:
+                await net.wait_writable(sock)
+        view = auth.welcome_view()
+        await self._read_exactly(sock, view[:HEADER_SIZE], 0)
+        if auth.welcome_header_ok(view):  # only then is the rest a proof; else stop at the header
+            await self._read_exactly(sock, view, HEADER_SIZE)
+        auth.check_welcome(view)
+
+    async def _read_exactly(self, sock, view, got):
+        # Reads never go past the frame: what follows WELCOME belongs to the session's decoder.
+        from .auth import AuthError
+
+        net = self.net
+        need = len(view)
+        while got < need:
+            n = net.try_read(sock, view[got:])
+            if n < 0:
+                await net.wait_readable(sock)
+            elif n == 0:
+                raise AuthError("closed")
+            else:
+                got += n
 
     # -- one connection ------------------------------------------------------------------------
     async def _session(self, sock):
@@ -169,7 +322,7 @@ class Client:
         self.connected.set()
         rx = compat.create_task(self._receive_framed(sock) if self.framed else self._receive_raw(sock))
         self._rx_task = rx
-        sup = compat.create_task(self._supervise(sock))
+        sup = compat.create_task(self._guarded(self._supervise(sock), "supervisor"))
         try:
             try:
                 self._reason = await rx
@@ -180,6 +333,10 @@ class Client:
             except OSError as e:
                 self._reason = R_RESET
                 self._detail = compat.errno_name(e)
+            except Exception as e:
+                self.error("receiver", e)
+                self._reason = R_ERROR
+                self._detail = type(e).__name__
         finally:
             self.connected.clear()
             sup.cancel()
@@ -196,6 +353,15 @@ class Client:
                 "disconnected", "reason", self._reason, "detail", self._detail,
                 "up_ms", ticks_diff(now, self.link.since),
             )
+
+    async def _guarded(self, coro, where):
+        # A task that dies of an exception would leave the session half-alive (no beats, no silence
+        # checks); instead the session ends with reason=error and the client reconnects.
+        try:
+            await coro
+        except Exception as e:
+            self.error(where, e)
+            self._abort(R_ERROR, type(e).__name__)
 
     def _abort(self, reason, detail):
         # Called by the supervisor: end the receiver, and so the session, with this reason.
@@ -249,6 +415,9 @@ class Client:
             await self._send_rest(sock, self.beat, sent, HEADER_SIZE - sent, True)
         except OSError as e:
             self._abort(R_RESET, compat.errno_name(e))
+        except Exception as e:
+            self.error("beat", e)
+            self._abort(R_ERROR, type(e).__name__)
 
     # -- writing: both tasks write, never interleaving two frames ------------------------------
     def _send(self, sock, buf, off, n):
@@ -413,7 +582,10 @@ class Client:
     async def _stats_loop(self):
         while True:
             await sleep_ms(self.cfg.stats_ms)
-            self.emit_stats()
+            try:
+                self.emit_stats()
+            except Exception as e:
+                self.error("stats", e)
 
     def emit_stats(self):
         self.ev.emit("stats", *self.stats.fields())

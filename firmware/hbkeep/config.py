@@ -40,6 +40,21 @@ TICKS_SPAN_MAX = 1 << 29
 # Only used on boards. Values are never printed, not even in errors.
 WIFI_KEYS = ("ssid", "password")
 
+# TLS (docs/SECURITY.md): the CA file on flash, the name checked and sent as SNI (default: host).
+TLS_SPEC = {
+    "ca": (STR, None),
+    "server_hostname": (STR, None),
+    "handshake_timeout_ms": (INT, 5000, 100, 600000),  # the default is also set in Config._tls
+    "ntp_host": (STR, "pool.ntp.org"),  # boards set their clock from it (certificate dates); default in _tls
+}
+# Device authentication (docs/SECURITY.md). The key is never printed, not even in errors.
+AUTH_SPEC = {
+    "id": (STR, None),
+    "key": (STR, None),
+    "timeout_ms": (INT, 5000, 100, 600000),  # the default is also set in Config._auth
+}
+NESTED = ("keepalive", "wifi", "tls", "auth")
+
 # "servers": ["host:port", ...] instead of host/port: the client tries them in turn (docs/CONFIG.md).
 MAX_SERVERS = 16
 
@@ -99,6 +114,15 @@ class Config:
     # "wifi": {ssid, password}; None when absent
     wifi_ssid: "str | None"
     wifi_password: "str | None"
+    # "tls": {ca, server_hostname, handshake_timeout_ms}; tls_ca is None when TLS is off
+    tls_ca: "str | None"
+    tls_server_hostname: "str | None"
+    tls_handshake_timeout_ms: int
+    tls_ntp_host: str
+    # "auth": {id, key, timeout_ms}; auth_id is None when off; auth_key (bytes) is never printed
+    auth_id: "str | None"
+    auth_key: "bytes | None"
+    auth_timeout_ms: int
     # "servers", or host/port as a one-entry list: (host, port) pairs tried in turn
     servers: "list[tuple[str, int]]"
 
@@ -107,14 +131,17 @@ class Config:
         if not isinstance(user, dict):
             raise ConfigError("config: expected a JSON object at the top level")
         for name in user:
-            if name not in SPEC and name not in ("keepalive", "wifi", "servers"):
-                raise ConfigError("%s: unknown key (known: %s)" % (name, ", ".join(sorted(list(SPEC) + ["keepalive", "servers", "wifi"]))))
+            if name not in SPEC and name not in NESTED and name != "servers":
+                raise ConfigError("%s: unknown key (known: %s)" % (name, ", ".join(sorted(list(SPEC) + list(NESTED) + ["servers"]))))
         for name in SPEC:
             spec = SPEC[name]
             setattr(self, name, _check(name, spec, user[name]) if name in user else spec[1])
         self._keepalive(user.get("keepalive", {}))
         self._wifi(user.get("wifi"))
         self._servers(user)
+        framed = user.get("mode", "framed") == "framed"
+        self._tls(user.get("tls"), framed)
+        self._auth(user.get("auth"), framed)
         self._ticks_limits()
 
     def _servers(self, user):
@@ -175,6 +202,48 @@ class Config:
         self.wifi_ssid = wifi.get("ssid")
         self.wifi_password = wifi.get("password")
 
+    def _section(self, section, obj, spec, required, framed):
+        # Flattened into <section>_<key> attributes; absent keys take their defaults.
+        if not isinstance(obj, dict):
+            raise ConfigError("%s: expected an object {%s}" % (section, ", ".join(sorted(spec))))
+        for name in obj:
+            if name not in spec:
+                raise ConfigError("%s.%s: unknown key (known: %s)" % (section, name, ", ".join(sorted(spec))))
+        for name in required:
+            if name not in obj:
+                raise ConfigError("%s.%s: required" % (section, name))
+        if not framed:
+            raise ConfigError("%s: needs \"mode\": \"framed\" (raw mode has no frames to carry it)" % section)
+
+    def _tls(self, tls, framed):
+        # None when off: the client then never imports the TLS module.
+        self.tls_ca = self.tls_server_hostname = None
+        self.tls_handshake_timeout_ms = 5000
+        self.tls_ntp_host = "pool.ntp.org"
+        if tls is None:
+            return
+        self._section("tls", tls, TLS_SPEC, ("ca",), framed)
+        for name in TLS_SPEC:
+            if name in tls:
+                setattr(self, "tls_" + name, _check("tls." + name, TLS_SPEC[name], tls[name]))
+
+    def _auth(self, auth, framed):
+        self.auth_id = self.auth_key = None
+        self.auth_timeout_ms = 5000
+        if auth is None:
+            return
+        self._section("auth", auth, AUTH_SPEC, ("id", "key"), framed)
+        from .auth import check_id, parse_key  # only when authentication is configured
+
+        try:
+            check_id(auth["id"])
+            self.auth_key = parse_key(auth["key"])  # its errors never repeat the value
+        except ValueError as e:
+            raise ConfigError("auth.%s" % e)
+        self.auth_id = auth["id"]
+        if "timeout_ms" in auth:
+            self.auth_timeout_ms = _check("auth.timeout_ms", AUTH_SPEC["timeout_ms"], auth["timeout_ms"])
+
 
 def parse_server(name, text):
     """ "host:port" (an IPv6 host in brackets: "[::1]:39002") -> (host, port); ConfigError naming `name`."""
@@ -193,43 +262,45 @@ def parse_server(name, text):
     return (host, port)
 
 
-def load(path) -> Config:
-    import json
+MAX_FILE_BYTES = 8192  # a full config with Wi-Fi is under 1 KiB; more is not a config, and costs heap
 
+
+def parse(data, path):
+    """The JSON object in `data` (bytes), parsed by the strict reader every runtime shares; raises
+    ConfigError naming `path` and what is wrong. tools.hostrun reads --config files with this too."""
+    from .strictjson import JSONError, loads
+
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError("%s: too large (%d bytes; a config is at most %d)" % (path, len(data), MAX_FILE_BYTES))
     try:
-        with open(path) as f:
-            text = f.read()
+        data.decode()
+    except UnicodeError:
+        raise ConfigError("%s: not UTF-8 text (a config is JSON, saved as UTF-8)" % path)
+    try:
+        return loads(data)
+    except JSONError as e:
+        raise ConfigError("%s: not valid JSON (%s)" % (path, e))
+
+
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            # One byte past the limit is enough to know the file is too large, without reading it all.
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise ConfigError("%s: cannot read config file (%s)" % (path, e))
-    if not _balanced(text):
-        # MicroPython's json.loads accepts a document cut short ('{"beat_ms": 100'): a half-finished
-        # upload to the board would otherwise start with defaults instead of stopping.
-        raise ConfigError("%s: not valid JSON (unbalanced brackets: is the file complete?)" % path)
+    return parse(data, path)
+
+
+def load(path) -> Config:
+    data = read(path)
+    if not isinstance(data, dict):
+        raise ConfigError("%s: expected a JSON object at the top level" % path)
     try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise ConfigError("%s: not valid JSON (%s)" % (path, e))
-    return Config(data)
-
-
-def _balanced(text):
-    depth = 0
-    in_str = False
-    escaped = False
-    for c in text:
-        if in_str:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == '"':
-                in_str = False
-        elif c == '"':
-            in_str = True
-        elif c == "{" or c == "[":
-            depth += 1
-        elif c == "}" or c == "]":
-            depth -= 1
-            if depth < 0:
-                return False
-    return depth == 0 and not in_str
+        cfg = Config(data)
+    except ConfigError as e:
+        raise ConfigError("%s: %s" % (path, e))  # which file, then which key
+    ca = cfg.tls_ca
+    if ca and not ca.startswith("/") and "/" in path:
+        cfg.tls_ca = path[: path.rfind("/") + 1] + ca  # relative to the config file, as on the board
+    return cfg

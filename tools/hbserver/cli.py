@@ -69,6 +69,8 @@ def build_parser():
     a("--summary-ms", type=_int_in(0, 3600000), default=d.summary_ms,
       help="summary line period, 0 = none (default %(default)s)")
     a("--backlog", type=_int_in(1, 65535), default=d.backlog, help="listen backlog (default %(default)s)")
+    a("--close-ms", type=_int_in(1, 3600000), default=d.close_ms,
+      help="a dropped client's unsent bytes may take this long to flush before it is aborted (default %(default)s)")
     a("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop (default asyncio)")
     f = ap.add_argument_group("fleet", "several server processes, shared presence, metrics (docs/FLEET.md)")
     f.add_argument("--workers", type=_int_in(1, 256), default=1,
@@ -89,6 +91,24 @@ def build_parser():
                         "index; 0 = any free port)")
     f.add_argument("--metrics-host", default="0.0.0.0", help="address for --metrics-port (default %(default)s)")
     a("--json", action="store_true", help="print events as JSON lines")
+    sec = ap.add_argument_group("security (docs/SECURITY.md; all off by default: the seed's plain protocol)")
+    b = sec.add_argument
+    b("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain (PEM); needs --tls-key")
+    b("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    b("--auth-keys", metavar="FILE",
+      help="authenticate devices: JSON object of device id -> hex key (make with python3 -m tools.certs device-key)")
+    b("--auth-timeout-ms", type=_int_in(1, 3600000), default=d.auth_timeout_ms,
+      help="drop a connection not authenticated this long after its CHALLENGE (default %(default)s)")
+    b("--handshake-timeout-ms", type=_int_in(1, 3600000), default=d.handshake_timeout_ms,
+      help="drop a connection whose TLS handshake takes longer (default %(default)s)")
+    b("--max-pending", type=_int_in(1, 1000000), default=d.max_pending,
+      help="connections still in TLS handshake or authentication, at most; they never take "
+           "--max-clients slots (default %(default)s)")
+    b("--auth-fail-limit", type=_int_in(1, 1000000), default=d.auth_fail_limit,
+      help="failed authentications from one address within the window before its connections are "
+           "refused (default %(default)s)")
+    b("--auth-fail-window-ms", type=_int_in(1, 86400000), default=d.auth_fail_window_ms,
+      help="the rate limit's window (default %(default)s)")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quiet", action="store_true",
                    help="print only listening, summary and stopped lines")
@@ -159,10 +179,22 @@ async def serve(config, as_json=False, quiet=False, presence=None, metrics=None)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(server.done.wait())]
     try:
-        await stop.wait()
+        # Until a signal, or until the server stops itself because something it cannot run without
+        # failed (a periodic task, or printing events: a closed stdout).
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for w in waits:
+            w.cancel()
         await server.stop()
+    if server.failure is not None:
+        where, exc = server.failure
+        try:
+            print("hbserver: stopped: %s failed: %s: %s" % (where, type(exc).__name__, exc), file=sys.stderr)
+        except OSError:
+            pass
+        return 1
     return 0
 
 
@@ -186,9 +218,18 @@ def main(argv=None):
         heart_reply=not args.no_heart_reply, probe_ms=args.probe_ms, probe_bytes=args.probe_bytes,
         probe_mode=args.probe_mode, probe_late_ms=args.probe_late_ms, max_clients=args.max_clients,
         max_payload=args.max_payload, header_timeout_ms=args.header_timeout_ms, summary_ms=args.summary_ms,
-        verbose=args.verbose, backlog=args.backlog)
+        verbose=args.verbose, backlog=args.backlog, close_ms=args.close_ms, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        auth_keys=args.auth_keys, auth_timeout_ms=args.auth_timeout_ms,
+        handshake_timeout_ms=args.handshake_timeout_ms, max_pending=args.max_pending,
+        auth_fail_limit=args.auth_fail_limit, auth_fail_window_ms=args.auth_fail_window_ms)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        ap.error("--tls-cert and --tls-key go together: give both or neither")
     try:
         config.validate()
+        if config.gated:  # read the certificate, key and key files now: errors name them, before listening
+            from tools.hbserver.gate import Gate
+
+            Gate(None, config)
     except ValueError as e:
         ap.error(str(e))
     try:
@@ -224,8 +265,15 @@ def main(argv=None):
         m = None
         if args.metrics_port is not None:
             m = (args.metrics_host, args.metrics_port + index if args.metrics_port else 0)
-        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-            return runner.run(serve(cfg, args.json, args.quiet, presence=p, metrics=m))
+        try:
+            with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+                rc = runner.run(serve(cfg, args.json, args.quiet, presence=p, metrics=m))
+        except KeyboardInterrupt:
+            # SIGINT before serve() installed its handler (a Ctrl-C during start-up): nothing to report.
+            rc = 0
+        # A late duplicate SIGINT (a terminal and a parent both sending one) must not end in a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return rc
 
     if args.workers == 1:
         return run_one(0, config)
