@@ -253,3 +253,27 @@ def test_server_rejects_a_bad_presence_url():
 
 
 _ = redis  # the client library must be importable for this tier (a missing pin fails here, clearly)
+
+
+def test_authenticated_devices_are_named_by_their_id(store, tmp_path):
+    keys = tmp_path / "keys.json"
+    for i in (1, 2):
+        r = subprocess.run([sys.executable, "-m", "tools.certs", "device-key", "--id", "sensor-%d" % i,
+                            "--keys", str(keys)], cwd=ROOT, capture_output=True, text=True, timeout=START)
+        assert r.returncode == 0, r.stderr
+    a = server(store.url, "--server-id", "A", "--auth-keys", str(keys))
+    procs = [a]
+    try:
+        port = a.wait_json("listening")["port"]
+        # Full firmware clients (tools.fleet without --light) authenticate with the ids of the key file.
+        f = Proc(["-m", "tools.fleet", "--clients", "2", "--seconds", "60", "--beat-ms", "250",
+                  "--server", "127.0.0.1:%d" % port, "--auth-keys", str(keys), "--ramp-s", "0.1"])
+        procs.append(f)
+        s = wait_view(store.url, "both devices online", lambda s: s["counts"]["online"] == 2, WAIT)
+        assert sorted(d["device"] for d in s["devices"]) == ["sensor-1", "sensor-2"]
+        f.stop(signal.SIGKILL)
+        s = wait_view(store.url, "both offline", lambda s: s["counts"]["offline"] == 2, WAIT)
+        assert sorted(d["device"] for d in s["devices"]) == ["sensor-1", "sensor-2"], "the same two names"
+    finally:
+        for p in procs:
+            p.stop()

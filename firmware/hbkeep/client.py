@@ -55,11 +55,12 @@ class Client:
         self.dec = protocol.Decoder(cfg.max_payload) if self.framed else None
         self.beat = bytearray(HEADER_SIZE)
         protocol.encode_header(self.beat, 0, protocol.HEART, 0)
-        # Server addresses: cfg.servers in turn, each resolved on first use and then cached.
-        self.servers = cfg.servers
-        self.server_i = 0
-        self.addrs = [None] * len(cfg.servers)
-        self.addr = None  # the current server's resolved address
+        self.addr = None  # resolved once, then cached
+        self.rot = None  # with a "servers" list: which one is next (servers.py, loaded only then)
+        if len(cfg.servers) > 1:
+            from .servers import Rotation
+
+            self.rot = Rotation(cfg)
         self.sock = None
         self.connected = compat.Event()  # set while a connection is up: lets tests and tools wait
         self._tx_busy = False
@@ -105,24 +106,17 @@ class Client:
             if stats_task:
                 stats_task.cancel()
 
-    def _next_server(self):
-        # With one server this changes nothing; with several, the backoff (link.failures) carries over.
-        n = len(self.servers)
-        if n > 1:
-            self.server_i = (self.server_i + 1) % n
-            self.addr = self.addrs[self.server_i]
-
     async def _attempt(self):
         if not self.net.link_up():
             return
         if self.addr is None and not self._resolve():
             self.link.connect_failed()
-            self._next_server()
-            return
-        sock = await self._connect()
-        if sock is not None:
-            await self._session(sock)
-        self._next_server()  # a failed attempt or an ended session: try the next one
+        else:
+            sock = await self._connect()
+            if sock is not None:
+                await self._session(sock)
+        if self.rot:  # a failed attempt or an ended session: on to the next server
+            self.addr = self.rot.next(self.addr)
 
     def error(self, where, e):
         # Where an exception nobody foresaw was caught, and what it was. Never the end of the firmware.
@@ -137,17 +131,16 @@ class Client:
         return False
 
     def _resolve(self):
-        host, port = self.servers[self.server_i]
+        cfg = self.cfg
         try:
-            self.addr = self.net.resolve(host, port)
+            self.addr = self.net.resolve(cfg.host, cfg.port)
         except OSError as e:
             self.stats.connect_failed("resolve")
             name = compat.errno_name(e)
             if self._failed(ticks_ms(), name):
-                self.ev.emit("resolve_failed", "host", host, "error", name)
+                self.ev.emit("resolve_failed", "host", cfg.host, "error", name)
             return False
-        self.addrs[self.server_i] = self.addr
-        self.ev.emit("resolved", "host", host, "addr", self.net.addr_str(self.addr))
+        self.ev.emit("resolved", "host", cfg.host, "addr", self.net.addr_str(self.addr))
         return True
 
     async def _connect(self):

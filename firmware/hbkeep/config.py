@@ -55,9 +55,6 @@ AUTH_SPEC = {
 }
 NESTED = ("keepalive", "wifi", "tls", "auth")
 
-# "servers": ["host:port", ...] instead of host/port: the client tries them in turn (docs/CONFIG.md).
-MAX_SERVERS = 16
-
 
 class ConfigError(ValueError):
     pass
@@ -151,14 +148,10 @@ class Config:
             return
         if "host" in user or "port" in user:
             raise ConfigError("servers: give either host/port or servers, not both")
-        lst = user["servers"]
-        if not isinstance(lst, list) or not 1 <= len(lst) <= MAX_SERVERS:
-            raise ConfigError("servers: expected a list of 1 to %d \"host:port\" strings, got %r" % (MAX_SERVERS, lst))
-        out = []
-        for i, text in enumerate(lst):
-            out.append(parse_server("servers[%d]" % i, text))
-        self.servers = out
-        self.host, self.port = out[0]
+        from .servers import parse_list  # only when a list is configured: nothing to load otherwise
+
+        self.servers = parse_list(user["servers"], ConfigError)
+        self.host, self.port = self.servers[0]
 
     def _ticks_limits(self):
         # A board's millisecond tick wraps at 2^30: ticks_diff() answers only within +-2^29 and
@@ -243,23 +236,6 @@ class Config:
         self.auth_id = auth["id"]
         if "timeout_ms" in auth:
             self.auth_timeout_ms = _check("auth.timeout_ms", AUTH_SPEC["timeout_ms"], auth["timeout_ms"])
-
-
-def parse_server(name, text):
-    """ "host:port" (an IPv6 host in brackets: "[::1]:39002") -> (host, port); ConfigError naming `name`."""
-    if not isinstance(text, str):
-        raise ConfigError("%s: expected a \"host:port\" string, got %r" % (name, text))
-    i = text.rfind(":")
-    host = text[:i] if i > 0 else ""
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    digits = text[i + 1:] if i > 0 else ""
-    if not host or not digits or not digits.isdigit():
-        raise ConfigError("%s: expected \"host:port\", got %r" % (name, text))
-    port = int(digits)
-    if port < 1 or port > 65535:
-        raise ConfigError("%s: port must be from 1 to 65535, got %d" % (name, port))
-    return (host, port)
 
 
 MAX_FILE_BYTES = 8192  # a full config with Wi-Fi is under 1 KiB; more is not a config, and costs heap
