@@ -20,7 +20,7 @@ renewed while the server runs, so when a server dies without a word its devices'
 offline with reason `expired`. Offline records are kept `keep_ms` (default one day).
 
 Nothing here is on the per-beat path: the server's lifecycle hooks only note a change in a dict, and one
-task writes the notes every `flush_ms` in a single pipelined round trip. Online records are renewed in a
+task writes the notes every `flush_ms` in pipelined round trips of up to CHUNK records. Online records are renewed in a
 rotating slice each flush, so every one is rewritten at least every ttl_ms / 3.
 
 A write that crosses another server's is settled inside the store by a small Lua script keyed on the
@@ -81,7 +81,7 @@ class PresenceConfig:
     url: str = ""  # redis://HOST:PORT[/DB]
     server_id: str = ""  # default: hostname:pid
     prefix: str = DEFAULT_PREFIX
-    flush_ms: int = 1000  # how often changes are written (one pipelined round trip)
+    flush_ms: int = 1000  # how often changes are written (pipelined, CHUNK records per round trip)
     ttl_ms: int = 15000  # an online record not renewed for this long expires: the crash window
     keep_ms: int = 86400000  # how long offline records are kept
     report_ms: int = 10000  # at most one presence_error line per this period during an outage
