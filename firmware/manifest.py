@@ -22,6 +22,7 @@ package(
         "link.py",
         "protocol.py",
         "repeats.py",
+        "servers.py",
         "sntp.py",
         "sockopts.py",
         "strictjson.py",

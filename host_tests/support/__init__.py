@@ -16,6 +16,8 @@ Doubles, run in-process:
   portmodel        socket, errno and network as esp32 and rp2 answer them (runs on MicroPython too)
   fake_device      a device on asyncio streams and an event recorder, for tools.hbserver tests
   vloop            an asyncio loop on a virtual clock
+Fleets:
+  storefix         a throw-away Valkey presence store (the `store` fixture)
 TLS and authentication:
   seckit           certificates made fresh (the `pki` fixture), key files, a device and an auth server
 Data:
