@@ -12,7 +12,7 @@ from . import protocol
 from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE
 from . import sockopts
 from .link import Link
-from .events import Events, Stats
+from .events import Events, Stats, describe
 
 VERSION = "0.1.0"
 
@@ -23,6 +23,7 @@ R_PROTOCOL = "protocol"  # the server broke the wire format
 R_SILENCE = "silence"  # nothing received for peer_miss x beat_ms
 R_STALL = "write_stall"  # the server stopped reading for peer_miss x beat_ms
 R_STOP = "stop"  # the client was stopped
+R_CRASH = "crash"  # a bug in the supervisor: the connection is restarted
 
 
 class Client:
@@ -30,7 +31,7 @@ class Client:
         self.cfg = cfg
         self.board = board
         self.net = net or compat.Net()
-        self.ev = events or Events(verbose=cfg.verbose)
+        self.ev = events or Events(verbose=cfg.verbose, secret=cfg.wifi_password)
         self.stats = Stats()
         self.framed = cfg.mode == "framed"
         # In raw mode nothing prompts the server to talk (no beats to answer), so `auto` would drop a
@@ -57,6 +58,16 @@ class Client:
         self._detail = None
         self._rx_task = None
         self._beat_task = None  # finishes a beat the socket took only part of
+        # The application's side (docs/APP.md): a handler for received DATA payloads (None: the seed's
+        # upper-case echo, in place and allocation-free) and send() for frames of its own.
+        self.on_data = None
+        self._app_hdr = None  # header of the application's frame being sent; allocated on first send
+        self._app_task = None  # finishes an application frame the socket took only part of
+        self._app_ok = False
+        # Liveness for the watchdog feeder: bumped on every pass of the connection loop and of the
+        # supervisor; pulse_ms (set by the feeder, 0 = no cap) caps how long either sleeps in one go.
+        self.progress = 0
+        self.pulse_ms = 0
 
     # -- the forever loop ----------------------------------------------------------------------
     async def run(self):
@@ -70,20 +81,34 @@ class Client:
         link = self.link
         try:
             while True:
+                self._bump()
                 if not self.net.link_up():
-                    await sleep_ms(link.retry_delay(compat.rand_below))
+                    await self._pause(link.retry_delay(compat.rand_below))
                     continue
                 if self.addr is None and not self._resolve():
                     link.connect_failed()
-                    await sleep_ms(link.retry_delay(compat.rand_below))
+                    await self._pause(link.retry_delay(compat.rand_below))
                     continue
                 sock = await self._connect()
                 if sock is not None:
                     await self._session(sock)
-                await sleep_ms(link.retry_delay(compat.rand_below))
+                await self._pause(link.retry_delay(compat.rand_below))
         finally:
             if stats_task:
                 stats_task.cancel()
+
+    def _bump(self):
+        # Masked below 2**30: a board's small ints end there, and a bigger counter would allocate.
+        self.progress = (self.progress + 1) & 0x3FFFFFFF
+
+    async def _pause(self, ms):
+        # A long backoff is slept in slices of pulse_ms, so the watchdog feeder sees the loop alive.
+        pulse = self.pulse_ms
+        while pulse and ms > pulse:
+            await sleep_ms(pulse)
+            self._bump()
+            ms -= pulse
+        await sleep_ms(ms)
 
     def _resolve(self):
         cfg = self.cfg
@@ -150,7 +175,7 @@ class Client:
         self.connected.set()
         rx = compat.create_task(self._receive(sock))
         self._rx_task = rx
-        sup = compat.create_task(self._supervise(sock))
+        sup = compat.create_task(self._guard(sock))
         try:
             try:
                 self._reason = await rx
@@ -168,6 +193,12 @@ class Client:
             if self._beat_task is not None:
                 self._beat_task.cancel()
                 self._beat_task = None
+            if self._app_task is not None:
+                self._app_task.cancel()  # its sender wakes up and returns False
+                self._app_task = None
+            # A writer cancelled before it ever ran never released the write side: do it for all.
+            self._tx_busy = False
+            self._tx_idle.set()
             self.net.close(sock)
             self.sock = None
             now = ticks_ms()
@@ -185,12 +216,24 @@ class Client:
         if self._rx_task is not None:
             self._rx_task.cancel()
 
+    async def _guard(self, sock):
+        # A bug in the supervisor is an event and a new connection, never a connection that runs on
+        # unsupervised (no beats, no silence detection).
+        try:
+            await self._supervise(sock)
+        except compat.CancelledError:
+            raise
+        except Exception as e:
+            self.ev.emit("crash", "task", "supervisor", "error", describe(e))
+            self._abort(R_CRASH, type(e).__name__)
+
     async def _supervise(self, sock):
         link = self.link
         framed = self.framed
         beat = self.beat
         ev = self.ev
         while True:
+            self._bump()
             now = ticks_ms()
             if link.silent(now):
                 ev.emit("peer_silent", "silent_ms", link.silent_for(now), "limit_ms", link.limit_ms)
@@ -218,7 +261,10 @@ class Client:
                     if ev.verbose:
                         ev.emit("beat", "n", self.stats.beats_sent)
                 link.beat_sent(now)
-            await sleep_ms(link.wait_ms(ticks_ms(), framed))
+            wait = link.wait_ms(ticks_ms(), framed)
+            if self.pulse_ms and wait > self.pulse_ms:
+                wait = self.pulse_ms
+            await sleep_ms(wait)
 
     async def _finish_beat(self, sock, sent):
         try:
@@ -285,7 +331,12 @@ class Client:
                 return R_EOF
             now = ticks_ms()
             link.received(now)
-            if dec is None:
+            handler = self.on_data
+            if handler is not None:
+                # The application takes the payloads: nothing is echoed, nothing written here.
+                if self._deliver(buf, n, handler):
+                    return R_PROTOCOL
+            elif dec is None:
                 # raw: the seed's loop exactly -- upper-case every byte and write it all back.
                 upcase(buf, 0, n)
                 k = self._send_now(sock, buf, 0, n)
@@ -346,12 +397,7 @@ class Client:
                             k = self._send_now(sock, buf, run, pos - run)
                             if k < pos - run:
                                 await self._send_rest(sock, buf, run + k, pos - run - k)
-                        st.protocol_errors += 1
-                        self._detail = "%s=%d" % (dec.error_field, dec.error_value)
-                        self.ev.emit(
-                            "protocol_error", "field", dec.error_field, "value", dec.error_value,
-                            "reason", dec.error_reason,
-                        )
+                        self._protocol_error()
                         return R_PROTOCOL
                     pos = nxt
                 if run < n:
@@ -364,10 +410,125 @@ class Client:
                 last_yield = now
                 await sleep_ms(0)
 
+    def _deliver(self, buf, n, handler):
+        """Hand what one read brought to the application; True when the stream broke."""
+        dec = self.dec
+        st = self.stats
+        if dec is None:
+            self._call(handler, memoryview(buf)[:n])
+            return False
+        pos = 0
+        while pos < n:
+            nxt = dec.feed(buf, pos, n)
+            ev = dec.event
+            if ev == FRAME_IN_PLACE or ev == FRAME_ASSEMBLED:
+                if dec.type == DATA:
+                    if ev == FRAME_IN_PLACE:
+                        s = dec.start + HEADER_SIZE
+                        self._call(handler, memoryview(buf)[s : s + dec.length])
+                    else:
+                        self._call(handler, memoryview(dec.frame)[HEADER_SIZE : HEADER_SIZE + dec.length])
+                else:
+                    st.hearts_received += 1
+            elif ev != NEED_MORE:
+                self._protocol_error()
+                return True
+            pos = nxt
+        return False
+
+    def _call(self, handler, payload):
+        # A failing handler costs that payload only: an event, and the link goes on.
+        self.stats.app_rx += 1
+        try:
+            handler(payload)
+        except Exception as e:
+            self.ev.emit("app_error", "where", "on_data", "error", describe(e))
+
+    def _protocol_error(self):
+        dec = self.dec
+        self.stats.protocol_errors += 1
+        self._detail = "%s=%d" % (dec.error_field, dec.error_value)
+        self.ev.emit(
+            "protocol_error", "field", dec.error_field, "value", dec.error_value, "reason", dec.error_reason,
+        )
+
+    # -- the application's own frames (docs/APP.md) ---------------------------------------------
+    def is_connected(self):
+        return self.sock is not None
+
+    async def wait_connected(self):
+        await self.connected.wait()
+
+    async def send(self, payload):
+        """Send payload as one DATA frame (raw mode: as plain bytes), whole and never inside another
+        frame. True once written; False, with nothing queued, while the link is down or when the
+        connection ends before the frame is out. The caller keeps payload unchanged until it returns."""
+        n = len(payload)
+        if self.framed and n > self.cfg.max_payload:
+            raise ValueError("send: payload of %d bytes is over max_payload=%d" % (n, self.cfg.max_payload))
+        sock = self.sock
+        while sock is not None and self._tx_busy:
+            await self._tx_idle.wait()  # a beat, an echo or another frame of ours is mid-way
+            if self.sock is not sock:
+                return False
+        if sock is None:
+            return False
+        net = self.net
+        hdr = None
+        hk = 0
+        pk = 0
+        try:
+            if self.framed:
+                hdr = self._app_hdr
+                if hdr is None:
+                    hdr = self._app_hdr = bytearray(HEADER_SIZE)
+                protocol.encode_header(hdr, 0, DATA, n)
+                hk = net.try_write(sock, hdr, 0, HEADER_SIZE)
+            if hk == HEADER_SIZE or hdr is None:
+                pk = net.try_write(sock, payload, 0, n)
+                if pk == n:
+                    self.stats.app_tx += 1
+                    return True
+        except OSError as e:
+            self._abort(R_RESET, compat.errno_name(e))
+            return False
+        # The rest waits on the socket in a task of its own, holding the write side: if the caller is
+        # cancelled meanwhile, the frame is still finished rather than torn.
+        self._hold_tx()
+        task = compat.create_task(self._finish_send(sock, hdr, hk, payload, pk))
+        self._app_task = task
+        while self._app_task is task:
+            await self._tx_idle.wait()
+        try:
+            return await task  # already done: returns at once
+        except compat.CancelledError:
+            return False  # cut by the end of the connection
+
+    async def _finish_send(self, sock, hdr, hk, payload, pk):
+        ok = False
+        try:
+            if hdr is not None and hk < HEADER_SIZE:
+                await self._send_rest(sock, hdr, hk, HEADER_SIZE - hk, True)
+                # Released at the end of that call and taken again here with no await in between:
+                # nothing else can write between the header and the payload.
+                self._hold_tx()
+            await self._send_rest(sock, payload, pk, len(payload) - pk, True)
+            self.stats.app_tx += 1
+            ok = True
+        except OSError as e:
+            self._abort(R_RESET, compat.errno_name(e))
+        finally:
+            self._app_task = None
+        return ok
+
     async def _stats_loop(self):
         while True:
             await sleep_ms(self.cfg.stats_ms)
             self.emit_stats()
 
     def emit_stats(self):
-        self.ev.emit("stats", *self.stats.fields())
+        # On MicroPython the line also carries the heap: bytes in use and free (gc.mem_alloc/mem_free).
+        if compat.MICROPYTHON:
+            self.ev.emit("stats", *(self.stats.fields() + ("heap_used", compat.mem_alloc(), "heap_free", compat.mem_free())))
+        else:
+            self.ev.emit("stats", *self.stats.fields())

@@ -56,6 +56,9 @@ if MICROPYTHON:
     def mem_alloc():
         return gc.mem_alloc()
 
+    def mem_free():
+        return gc.mem_free()
+
     def collect():
         gc.collect()
 
@@ -148,6 +151,9 @@ else:
 
     def mem_alloc():
         return 0  # CPython's heap is not the board's; figures come from MicroPython only
+
+    def mem_free():
+        return 0
 
     def collect():
         pass

@@ -3,11 +3,19 @@
 from .compat import ticks_ms, write_line
 
 
+def describe(e):
+    # What an event prints of an exception: "OSError:[Errno_104]_ECONNRESET", "ValueError:bad".
+    return "%s:%s" % (type(e).__name__, e)
+
+
 class Events:
-    def __init__(self, write=write_line, clock=ticks_ms, verbose=False):
+    def __init__(self, write=write_line, clock=ticks_ms, verbose=False, secret=None):
         self.write = write
         self.clock = clock
         self.verbose = verbose
+        # A value never to print (the Wi-Fi password): masked in every field, whatever path brought it
+        # there -- an exception message, a status text, a user's own event.
+        self.secret = secret or None
 
     def emit(self, name, *kv):
         # Keys and values as alternating positional arguments: MicroPython's dicts do not keep order,
@@ -17,7 +25,10 @@ class Events:
             v = kv[i + 1]
             if v is None or v == "":
                 v = "-"
-            parts.append("%s=%s" % (kv[i], str(v).replace(" ", "_")))
+            v = str(v)
+            if self.secret and self.secret in v:
+                v = v.replace(self.secret, "***")
+            parts.append("%s=%s" % (kv[i], v.replace(" ", "_")))
         self.write(" ".join(parts))
 
 
@@ -33,6 +44,8 @@ class Stats:
         self.frames_echoed = 0
         self.bytes_echoed = 0
         self.protocol_errors = 0
+        self.app_rx = 0  # DATA payloads handed to the application's handler
+        self.app_tx = 0  # frames the application sent with Client.send
 
     @staticmethod
     def _bump(table, key):
@@ -61,4 +74,6 @@ class Stats:
             "frames_echoed", self.frames_echoed,
             "bytes_echoed", self.bytes_echoed,
             "protocol_errors", self.protocol_errors,
+            "app_rx", self.app_rx,
+            "app_tx", self.app_tx,
         )
