@@ -1,60 +1,13 @@
-# Entry point on every runtime. On a board this file runs at boot with config.json and board.json beside
-# it; on the host, tools.hostrun runs `<python> main.py CONFIG BOARD` with firmware/ as the current
-# module path.
+# What a board runs at boot, with config.json and board.json beside it (hbkeep/runner.py does the work).
+# On the host, tools.hostrun runs `<python> main.py CONFIG BOARD` with firmware/ as the current module
+# path. For an application of one's own on the link, see docs/APP.md.
 import sys
-from hbkeep import compat
-from hbkeep.config import ConfigError, load
-
-
-def main(config_path="config.json", board_path="board.json"):
-    try:
-        cfg = load(config_path)
-        board = compat.load_json(board_path)
-    except ConfigError as e:
-        compat.write_line("%s config_error %s" % (compat.ticks_ms(), str(e).replace("\n", " ")))
-        return 2
-    except (OSError, ValueError) as e:
-        compat.write_line("%s board_error path=%s error=%s" % (compat.ticks_ms(), board_path, e))
-        return 2
-    from hbkeep.client import Client  # imported after the config is known good: less heap on a failed start
-
-    net = compat.Net()
-    client = Client(cfg, board, net)
-    try:
-        compat.run(_board_services(client, cfg, board))
-    except KeyboardInterrupt:
-        client.ev.emit("stopped", "reason", "interrupt")
-        client.emit_stats()
-    return 0
-
-
-async def _board_services(client, cfg, board):
-    # Wi-Fi and the watchdog exist only on boards; the unix board table turns both off.
-    if board.get("wifi") and cfg.wifi_ssid:
-        from hbkeep import wifi
-
-        station = wifi.Station(cfg, board, client.ev)
-        client.net.link_up = station.up  # no DNS or connect while the station has no IP
-        compat.create_task(station.keep())
-    if cfg.wdt_ms:
-        compat.create_task(_feed_watchdog(cfg, board, client.ev))
-    await client.run()
-
-
-async def _feed_watchdog(cfg, board, ev):
-    import machine
-
-    limit = board.get("wdt_max_ms")
-    ms = cfg.wdt_ms if not limit or cfg.wdt_ms <= limit else limit  # rp2040 raises above 8388 ms
-    wdt = machine.WDT(timeout=ms)
-    ev.emit("watchdog", "timeout_ms", ms)
-    # Fed from the event loop: if anything blocks the loop for longer than the timeout, the board resets.
-    while True:
-        wdt.feed()
-        await compat.sleep_ms(ms // 3)
-
+from hbkeep.runner import main
 
 if __name__ == "__main__":
-    rc = main(*sys.argv[1:3])
-    if rc:
+    host_args = sys.argv[1:3]
+    rc = main(*host_args)
+    # A host run ends with its exit code. On a board main.py just returns, leaving the REPL free:
+    # sys.exit there would count as a soft reset and run main.py again.
+    if host_args and rc:
         sys.exit(rc)

@@ -83,16 +83,16 @@ class Client:
             while True:
                 self._bump()
                 if not self.net.link_up():
-                    await self._pause(link.retry_delay(compat.rand_below))
+                    await self.pause(link.retry_delay(compat.rand_below))
                     continue
                 if self.addr is None and not self._resolve():
                     link.connect_failed()
-                    await self._pause(link.retry_delay(compat.rand_below))
+                    await self.pause(link.retry_delay(compat.rand_below))
                     continue
                 sock = await self._connect()
                 if sock is not None:
                     await self._session(sock)
-                await self._pause(link.retry_delay(compat.rand_below))
+                await self.pause(link.retry_delay(compat.rand_below))
         finally:
             if stats_task:
                 stats_task.cancel()
@@ -101,8 +101,9 @@ class Client:
         # Masked below 2**30: a board's small ints end there, and a bigger counter would allocate.
         self.progress = (self.progress + 1) & 0x3FFFFFFF
 
-    async def _pause(self, ms):
-        # A long backoff is slept in slices of pulse_ms, so the watchdog feeder sees the loop alive.
+    async def pause(self, ms):
+        """Sleep ms, in slices of pulse_ms that count as progress: a long backoff (or a restart's
+        pause) is a deliberate wait, not a hang, for the watchdog feeder."""
         pulse = self.pulse_ms
         while pulse and ms > pulse:
             await sleep_ms(pulse)

@@ -53,6 +53,13 @@ if MICROPYTHON:
     def write_line(s):
         print(s)
 
+    def block_ms(ms):
+        time.sleep_ms(ms)
+
+    def new_loop():
+        # After an exception escaped asyncio.run, the old loop's tasks are still queued: start afresh.
+        asyncio.new_event_loop()
+
     def mem_alloc():
         return gc.mem_alloc()
 
@@ -148,6 +155,12 @@ else:
     def write_line(s):
         sys.stdout.write(s + "\n")
         sys.stdout.flush()
+
+    def block_ms(ms):
+        time.sleep(ms / 1000)
+
+    def new_loop():
+        pass  # asyncio.run makes a new loop every time
 
     def mem_alloc():
         return 0  # CPython's heap is not the board's; figures come from MicroPython only
