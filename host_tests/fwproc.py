@@ -102,9 +102,10 @@ def runtime(request):
 
 # -- the process -------------------------------------------------------------------------------
 class FwProc:
-    def __init__(self, runtime, cfg, board="unix", board_table=None, keep=200):
+    def __init__(self, runtime, cfg, board="unix", board_table=None, keep=200, argv=None):
         """Start the firmware. `board` names a table in boards/; `board_table`, a dict, replaces it
-        (written beside the config), for tables the repository does not ship."""
+        (written beside the config), for tables the repository does not ship. `argv(config, board)`,
+        given with a board_table, returns the program and arguments to run instead of main.py."""
         self.runtime = runtime
         self.cfg = cfg
         self.events = []  # every Event seen, in order
@@ -120,9 +121,9 @@ class FwProc:
             bpath = os.path.join(self.workdir, "board.json")
             with open(bpath, "w") as f:
                 json.dump(board_table, f)
-            argv = hostrun.runtime_argv(runtime) + [
-                os.path.join(hostrun.FIRMWARE_DIR, "main.py"), hostrun.prepare(cfg, self.workdir), bpath,
-            ]
+            cpath = hostrun.prepare(cfg, self.workdir)
+            args = argv(cpath, bpath) if argv else [os.path.join(hostrun.FIRMWARE_DIR, "main.py"), cpath, bpath]
+            argv = hostrun.runtime_argv(runtime) + args
             self.proc = subprocess.Popen(
                 argv, cwd=hostrun.FIRMWARE_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 text=True, bufsize=1, preexec_fn=hostrun.default_sigint,
