@@ -14,10 +14,13 @@ class StatusLed:
 
         self.pin = machine.Pin(board["led_pin"], machine.Pin.OUT)
         self.lit_level = 0 if board.get("led_active_low") else 1
+        self.lit = None
         self.set(False)
 
     def set(self, lit):
-        self.pin.value(self.lit_level if lit else 1 - self.lit_level)
+        if lit != self.lit:
+            self.lit = lit
+            self.pin.value(self.lit_level if lit else 1 - self.lit_level)
 
     async def show(self, client):
         # Polls the client rather than being called by it: the client's paths stay free of LED code.
