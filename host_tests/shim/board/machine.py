@@ -94,6 +94,16 @@ class Pin:
         return None
 
 
+class ADC:
+    reading = 1234  # what read_u16() returns
+
+    def __init__(self, id):
+        LOG.append(("ADC", id))
+
+    def read_u16(self):
+        return ADC.reading
+
+
 class _Mem32:
     def __getitem__(self, addr):
         LOG.append(("mem32", addr))
