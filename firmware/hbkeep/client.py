@@ -398,7 +398,7 @@ class Client:
                             k = self._send_now(sock, buf, run, pos - run)
                             if k < pos - run:
                                 await self._send_rest(sock, buf, run + k, pos - run - k)
-                        self._protocol_error()
+                        self._protocol_error(dec)
                         return R_PROTOCOL
                     pos = nxt
                 if run < n:
@@ -432,7 +432,7 @@ class Client:
                 else:
                     st.hearts_received += 1
             elif ev != NEED_MORE:
-                self._protocol_error()
+                self._protocol_error(dec)
                 return True
             pos = nxt
         return False
@@ -445,8 +445,7 @@ class Client:
         except Exception as e:
             self.ev.emit("app_error", "where", "on_data", "error", describe(e))
 
-    def _protocol_error(self):
-        dec = self.dec
+    def _protocol_error(self, dec):
         self.stats.protocol_errors += 1
         self._detail = "%s=%d" % (dec.error_field, dec.error_value)
         self.ev.emit(

@@ -23,7 +23,7 @@ def next_pause(pause):
 
 
 def _line(body):
-    compat.write_line("%d %s" % (compat.ticks_ms(), body))
+    compat.write_line("%s %s" % (compat.ticks_ms(), body))
 
 
 def _exists(path):

@@ -15,7 +15,9 @@ FEED_EVERY_MAX_MS = 2000
 
 
 def _feed(_t):
-    _wdt.feed()  # a soft IRQ callback: runs between bytecodes and while the REPL waits for input
+    # A soft IRQ callback: runs between bytecodes and while the REPL waits for input.
+    if _wdt is not None:
+        _wdt.feed()
 
 
 def park(board, reason, say):
@@ -50,7 +52,7 @@ def parked():
 def _print_line(body):
     import time
 
-    print("%d %s" % (time.ticks_ms(), body))
+    print("%s %s" % (time.ticks_ms(), body))
 
 
 def resume(board_path="board.json", say=_print_line):
