@@ -229,7 +229,9 @@ def readings(conn, n, timeout=20):
 
 
 def test_example_app_sends_readings_takes_commands_and_misses_while_down(runtime, tmp_path):
-    cfg_extra = {"beat_ms": 100, "stats_ms": 0, "retry_ms": 50}
+    # peer_timeout off: this server never answers beats, and once it has spoken (a command) "auto"
+    # would judge its silence.
+    cfg_extra = {"beat_ms": 100, "stats_ms": 0, "retry_ms": 50, "peer_timeout": "off"}
     b = board()
 
     def argv(config, board_path):

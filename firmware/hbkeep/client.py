@@ -335,7 +335,9 @@ class Client:
             handler = self.on_data
             if handler is not None:
                 # The application takes the payloads: nothing is echoed, nothing written here.
-                if self._deliver(buf, n, handler):
+                from . import appio
+
+                if appio.deliver(self, buf, n, handler):
                     return R_PROTOCOL
             elif dec is None:
                 # raw: the seed's loop exactly -- upper-case every byte and write it all back.
@@ -411,40 +413,6 @@ class Client:
                 last_yield = now
                 await sleep_ms(0)
 
-    def _deliver(self, buf, n, handler):
-        """Hand what one read brought to the application; True when the stream broke."""
-        dec = self.dec
-        st = self.stats
-        if dec is None:
-            self._call(handler, memoryview(buf)[:n])
-            return False
-        pos = 0
-        while pos < n:
-            nxt = dec.feed(buf, pos, n)
-            ev = dec.event
-            if ev == FRAME_IN_PLACE or ev == FRAME_ASSEMBLED:
-                if dec.type == DATA:
-                    if ev == FRAME_IN_PLACE:
-                        s = dec.start + HEADER_SIZE
-                        self._call(handler, memoryview(buf)[s : s + dec.length])
-                    else:
-                        self._call(handler, memoryview(dec.frame)[HEADER_SIZE : HEADER_SIZE + dec.length])
-                else:
-                    st.hearts_received += 1
-            elif ev != NEED_MORE:
-                self._protocol_error(dec)
-                return True
-            pos = nxt
-        return False
-
-    def _call(self, handler, payload):
-        # A failing handler costs that payload only: an event, and the link goes on.
-        self.stats.app_rx += 1
-        try:
-            handler(payload)
-        except Exception as e:
-            self.ev.emit("app_error", "where", "on_data", "error", describe(e))
-
     def _protocol_error(self, dec):
         self.stats.protocol_errors += 1
         self._detail = "%s=%d" % (dec.error_field, dec.error_value)
@@ -452,7 +420,7 @@ class Client:
             "protocol_error", "field", dec.error_field, "value", dec.error_value, "reason", dec.error_reason,
         )
 
-    # -- the application's own frames (docs/APP.md) ---------------------------------------------
+    # -- the application's side (docs/APP.md): in appio.py, loaded only by an application that uses it
     def is_connected(self):
         return self.sock is not None
 
@@ -463,63 +431,9 @@ class Client:
         """Send payload as one DATA frame (raw mode: as plain bytes), whole and never inside another
         frame. True once written; False, with nothing queued, while the link is down or when the
         connection ends before the frame is out. The caller keeps payload unchanged until it returns."""
-        n = len(payload)
-        if self.framed and n > self.cfg.max_payload:
-            raise ValueError("send: payload of %d bytes is over max_payload=%d" % (n, self.cfg.max_payload))
-        sock = self.sock
-        while sock is not None and self._tx_busy:
-            await self._tx_idle.wait()  # a beat, an echo or another frame of ours is mid-way
-            if self.sock is not sock:
-                return False
-        if sock is None:
-            return False
-        net = self.net
-        hdr = None
-        hk = 0
-        pk = 0
-        try:
-            if self.framed:
-                hdr = self._app_hdr
-                if hdr is None:
-                    hdr = self._app_hdr = bytearray(HEADER_SIZE)
-                protocol.encode_header(hdr, 0, DATA, n)
-                hk = net.try_write(sock, hdr, 0, HEADER_SIZE)
-            if hk == HEADER_SIZE or hdr is None:
-                pk = net.try_write(sock, payload, 0, n)
-                if pk == n:
-                    self.stats.app_tx += 1
-                    return True
-        except OSError as e:
-            self._abort(R_RESET, compat.errno_name(e))
-            return False
-        # The rest waits on the socket in a task of its own, holding the write side: if the caller is
-        # cancelled meanwhile, the frame is still finished rather than torn.
-        self._hold_tx()
-        task = compat.create_task(self._finish_send(sock, hdr, hk, payload, pk))
-        self._app_task = task
-        while self._app_task is task:
-            await self._tx_idle.wait()
-        try:
-            return await task  # already done: returns at once
-        except compat.CancelledError:
-            return False  # cut by the end of the connection
+        from . import appio
 
-    async def _finish_send(self, sock, hdr, hk, payload, pk):
-        ok = False
-        try:
-            if hdr is not None and hk < HEADER_SIZE:
-                await self._send_rest(sock, hdr, hk, HEADER_SIZE - hk, True)
-                # Released at the end of that call and taken again here with no await in between:
-                # nothing else can write between the header and the payload.
-                self._hold_tx()
-            await self._send_rest(sock, payload, pk, len(payload) - pk, True)
-            self.stats.app_tx += 1
-            ok = True
-        except OSError as e:
-            self._abort(R_RESET, compat.errno_name(e))
-        finally:
-            self._app_task = None
-        return ok
+        return await appio.send(self, payload)
 
     async def _stats_loop(self):
         while True:

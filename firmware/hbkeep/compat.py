@@ -56,6 +56,14 @@ if MICROPYTHON:
     def block_ms(ms):
         time.sleep_ms(ms)
 
+    def forget_module(name):
+        # Drop a module of the package once it has done its work (the config validator), so that its
+        # code leaves the heap; its interned names stay, as all qstrs do.
+        pkg = sys.modules[__name__.rpartition(".")[0]]
+        if hasattr(pkg, name):
+            delattr(pkg, name)
+        sys.modules.pop(pkg.__name__ + "." + name, None)
+
     def new_loop():
         # After an exception escaped asyncio.run, the old loop's tasks are still queued: start afresh.
         asyncio.new_event_loop()
@@ -158,6 +166,9 @@ else:
 
     def block_ms(ms):
         time.sleep(ms / 1000)
+
+    def forget_module(name):
+        pass  # CPython's heap is not a board's; and tests keep using the module
 
     def new_loop():
         pass  # asyncio.run makes a new loop every time

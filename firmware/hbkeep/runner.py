@@ -48,6 +48,20 @@ def boot_hold(board):
     return machine.Pin(pin, machine.Pin.IN, pull).value() == level
 
 
+class Settings:
+    """The validated config as plain attributes, free of the validator's class and module."""
+
+
+def detach(cfg):
+    s = Settings()
+    for name in dir(cfg):
+        if name[0] != "_":
+            v = getattr(cfg, name)
+            if not callable(v):
+                setattr(s, name, v)
+    return s
+
+
 def main(config_path="config.json", board_path="board.json", app=None, on_data=None):
     """Run the firmware until interrupted. app: an async function taking the Client, run beside it;
     on_data: the handler for received DATA payloads (default: the upper-case echo). Returns the exit
@@ -66,10 +80,11 @@ def main(config_path="config.json", board_path="board.json", app=None, on_data=N
     from .config import ConfigError, load
 
     try:
-        cfg = load(config_path)
+        cfg = detach(load(config_path))
     except ConfigError as e:
         _line("config_error %s" % str(e).replace("\n", " "))
         return BAD_FILE
+    compat.forget_module("config")  # the validator's code is not needed again
     from .client import Client  # after the config is known good: less heap on a failed start
 
     client = Client(cfg, board)
