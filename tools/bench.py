@@ -94,25 +94,7 @@ class Verifier:
         del buf[:off]
 
 
-# mpy-cross -march names, indexed by the architecture field of sys.implementation._mpy (bits 10 and up).
-MPY_ARCHES = (None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp", "armv7emdp", "xtensa",
-              "xtensawin", "rv32imc", "rv64imc")
-
-
-def runtime_mpy_arch(argv):
-    """The .mpy architecture the MicroPython binary loads natively (e.g. x64), from sys.implementation._mpy."""
-    out = subprocess.run(argv + ["-c", "import sys; print(sys.implementation._mpy)"], capture_output=True,
-                         text=True, timeout=60)
-    try:
-        arch = MPY_ARCHES[int(out.stdout.strip()) >> 10]
-    except (ValueError, IndexError):
-        arch = None
-    if arch is None:
-        raise RuntimeError("cannot tell the .mpy architecture of %s: %s" % (argv[-1], (out.stdout + out.stderr).strip()))
-    return arch
-
-
-def run_echo(runtime, mode, total, warmup_frames, measure_frames, timeout_s=120, mpy_dir=None):
+def run_echo(runtime, mode, total, warmup_frames, measure_frames, timeout_s=120):
     sent, raw_expected, payloads = make_pattern(mode)
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -130,7 +112,7 @@ def run_echo(runtime, mode, total, warmup_frames, measure_frames, timeout_s=120,
     argv = runtime_argv(runtime)
     if runtime == "micropython":
         argv = argv + ["-X", "heapsize=4M"]
-    argv += [os.path.join(HERE, "fwbench.py"), mpy_dir or FIRMWARE_DIR, cfg_path,
+    argv += [os.path.join(HERE, "fwbench.py"), FIRMWARE_DIR, cfg_path,
              os.path.join(BOARDS_DIR, "unix", "board.json"), str(warmup_frames), str(measure_frames)]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     results = {}
@@ -205,26 +187,14 @@ def main(argv=None):
     ap.add_argument("--runtimes", default="micropython,cpython", help="comma-separated (default: both)")
     ap.add_argument("--modes", default="raw,framed", help="comma-separated (default: both)")
     ap.add_argument("--frames", type=int, default=10000, help="frames measured for heap figures (>= 10000)")
-    ap.add_argument("--mpy", action="store_true",
-                    help="MicroPython runs the firmware compiled to .mpy for its own architecture, as deployed on a "
-                         "board (default: from source)")
     args = ap.parse_args(argv)
-    mpy_tmp = None
     emit("machine_cores", os.cpu_count())
     emit("chunk_bytes", PAYLOAD)
     for runtime in args.runtimes.split(","):
         for mode in args.modes.split(","):
             # Enough data for the warm-up and the heap window in frames (raw: reads of up to 1 KiB).
             total = max(args.mib << 20, (2000 + args.frames) * PAYLOAD * 2)
-            mpy_dir = None
-            if args.mpy and runtime == "micropython":
-                if mpy_tmp is None:
-                    mpy_tmp = tempfile.TemporaryDirectory(prefix="bench-mpy-")
-                    arch = runtime_mpy_arch(runtime_argv(runtime))
-                    mpycompile.compile_all(arch, mpy_tmp.name)
-                    emit("mpy_arch_loaded", arch)
-                mpy_dir = mpy_tmp.name
-            r = run_echo(runtime, mode, total, 2000, args.frames, mpy_dir=mpy_dir)
+            r = run_echo(runtime, mode, total, 2000, args.frames)
             tag = "%s_%s" % (mode, "unix" if runtime == "micropython" else "cpython")
             emit(tag + "_mb_s", r["mb_s"])
             emit(tag + "_beats_seen", r["hearts_seen"])
@@ -233,8 +203,6 @@ def main(argv=None):
                 emit("%s_alloc_per_%s_bytes" % (tag, unit), r.get("alloc_per_frame_bytes", "n/a"))
                 emit("%s_alloc_window_%ss" % (tag, unit), r.get("measured_frames", "n/a"))
                 emit("%s_heap_after_start_bytes" % tag, r.get("heap_after_start_bytes", "n/a"))
-    if mpy_tmp is not None:
-        mpy_tmp.cleanup()
     mpy_sizes()
     return 0
 

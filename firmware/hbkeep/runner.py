@@ -62,6 +62,16 @@ def detach(cfg):
     return s
 
 
+def load_settings(path):
+    """The validated config (config.ConfigError, a ValueError, when it is not); the validator's module
+    then leaves the heap, since nothing needs it again."""
+    from .config import load
+
+    cfg = detach(load(path))
+    compat.forget_module("config")
+    return cfg
+
+
 def main(config_path="config.json", board_path="board.json", app=None, on_data=None):
     """Run the firmware until interrupted. app: an async function taking the Client, run beside it;
     on_data: the handler for received DATA payloads (default: the upper-case echo). Returns the exit
@@ -77,14 +87,11 @@ def main(config_path="config.json", board_path="board.json", app=None, on_data=N
     if boot_hold(board):
         _line("autostart state=off reason=boot_hold_pin pin=%s" % board["boot_hold_pin"])
         return OK
-    from .config import ConfigError, load
-
     try:
-        cfg = detach(load(config_path))
-    except ConfigError as e:
+        cfg = load_settings(config_path)
+    except ValueError as e:  # config.ConfigError
         _line("config_error %s" % str(e).replace("\n", " "))
         return BAD_FILE
-    compat.forget_module("config")  # the validator's code is not needed again
     from .client import Client  # after the config is known good: less heap on a failed start
 
     client = Client(cfg, board)
