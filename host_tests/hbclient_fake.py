@@ -11,6 +11,7 @@ import asyncio
 import struct
 
 from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.protocol import DATA, ERROR, FRAME_ASSEMBLED, FRAME_IN_PLACE, HEADER_SIZE, HEART
 
 WAIT = 10.0  # seconds: any single wait that must succeed; generous for a loaded CI machine
@@ -92,7 +93,7 @@ class FakeClient:
         return cls(reader, writer, **kw)
 
     def beat(self):
-        self.writer.write(protocol.encode(HEART))
+        self.writer.write(encode(HEART))
 
     def send(self, data):
         self.writer.write(data)
@@ -177,7 +178,7 @@ class FakeClient:
                 payload = bytes(body[off : off + dec.length])
                 self.data.append(payload)
                 if self.echo is not None:
-                    self._write_reply(protocol.encode(DATA, self.echo(payload)))
+                    self._write_reply(encode(DATA, self.echo(payload)))
 
     def _write_reply(self, data):
         if self.writer.is_closing():

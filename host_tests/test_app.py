@@ -11,6 +11,7 @@ import pytest
 
 import frames
 from firmware.hbkeep import compat, protocol
+from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
@@ -89,7 +90,7 @@ def test_sent_frames_never_interleave_with_beats_or_echoes():
 
         async def server():
             for p in echoed:
-                conn.send(protocol.encode(protocol.DATA, p))
+                conn.send(encode(protocol.DATA, p))
                 await asyncio.sleep(0.007)
 
         await asyncio.gather(sender(), server())
@@ -158,7 +159,7 @@ def test_the_handler_gets_every_payload_whole_and_nothing_is_echoed():
         h.start()
         await h.client.wait_connected()
         sent = [b"cmd %d" % i * 3 for i in range(10)]
-        conn.send(b"".join(protocol.encode(protocol.DATA, p) for p in sent) + protocol.encode(protocol.HEART))
+        conn.send(b"".join(encode(protocol.DATA, p) for p in sent) + encode(protocol.HEART))
         await asyncio.sleep(0.5)
         assert got == sent
         assert data_frames(conn) == []  # no echo
@@ -182,7 +183,7 @@ def test_a_failing_handler_costs_that_payload_only():
         h.start()
         await h.client.wait_connected()
         for p in (b"one", b"bad", b"two"):
-            conn.send(protocol.encode(protocol.DATA, p))
+            conn.send(encode(protocol.DATA, p))
         await asyncio.sleep(0.1)
         assert got == [b"one", b"two"]
         err = [x for x in h.lines if " app_error " in x]

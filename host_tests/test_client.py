@@ -13,6 +13,7 @@ import pytest
 from firmware.hbkeep import compat
 import frames
 from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
@@ -20,7 +21,7 @@ from shim.fakenet import HANG, REFUSE, REFUSE_NOW, FakeConn, FakeNet
 from shim import vloop
 from tools.paths import BOARDS_DIR
 
-HEART_BYTES = protocol.encode(protocol.HEART)
+HEART_BYTES = encode(protocol.HEART)
 
 
 def board(name="unix"):
@@ -104,9 +105,9 @@ def test_framed_echo_survives_partial_reads_and_writes_and_eagain():
         await h.wait_event("connected")
         payloads = [b"hello", b"MiXeD 123 \xe9\xff", b"", b"z" * 200, b"abc"]
         for p in payloads:
-            conn.send(protocol.encode(protocol.DATA, p))
+            conn.send(encode(protocol.DATA, p))
             await asyncio.sleep(0.02)  # virtual: lets beats interleave with the traffic
-        conn.send(protocol.encode(protocol.HEART))
+        conn.send(encode(protocol.HEART))
         want = sum(8 + len(p) for p in payloads)
         await conn.wait_tx(want)
         await asyncio.sleep(0.2)
@@ -122,7 +123,7 @@ def test_framed_echo_survives_partial_reads_and_writes_and_eagain():
 
 
 def test_every_split_of_the_stream_gives_the_same_echo():
-    stream = b"".join(protocol.encode(protocol.DATA, p) for p in (b"ab", b"cD", b"e" * 30)) + HEART_BYTES
+    stream = b"".join(encode(protocol.DATA, p) for p in (b"ab", b"cD", b"e" * 30)) + HEART_BYTES
 
     async def main(chunk):
         conn = FakeConn(read_max=chunk)
@@ -202,8 +203,8 @@ def test_eof_mid_frame_disconnects_without_echoing_the_cut_frame_then_reconnects
         h = Harness(FakeNet([first, second]), beat_ms=100000, retry_ms=100)
         h.start()
         await h.wait_event("connected")
-        whole = protocol.encode(protocol.DATA, b"kept")
-        cut = protocol.encode(protocol.DATA, b"never echoed")[:11]
+        whole = encode(protocol.DATA, b"kept")
+        cut = encode(protocol.DATA, b"never echoed")[:11]
         first.send(whole + cut)
         first.eof()
         d = await h.wait_event("disconnected")
@@ -246,7 +247,7 @@ def test_protocol_error_names_field_and_value_then_reconnects(header, field, val
         await h.wait_event("connected")
         bad = bytearray(8)
         protocol.encode_header(bad, 0, *header)
-        first.send(protocol.encode(protocol.DATA, b"ok") + bytes(bad) + b"trailing")
+        first.send(encode(protocol.DATA, b"ok") + bytes(bad) + b"trailing")
         e = await h.wait_event("protocol_error")
         assert (e[2]["field"], e[2]["value"], e[2]["reason"]) == (field, value, reason)
         d = await h.wait_event("disconnected")
@@ -264,7 +265,7 @@ def test_a_beat_never_lands_inside_a_frame_held_by_blocked_writes():
         h.start()
         await h.wait_event("connected")
         conn.block_writes()
-        conn.send(protocol.encode(protocol.DATA, b"x" * 100))
+        conn.send(encode(protocol.DATA, b"x" * 100))
         await asyncio.sleep(1.0)  # ten beats fall due while the echo is blocked
         conn.unblock_writes()
         await conn.wait_tx(108 + 8)
@@ -386,7 +387,7 @@ def test_stats_line_counts_what_happened():
         h.client.cfg.stats_ms = 10000
         h.start()
         await h.wait_event("connected")
-        conn.send(protocol.encode(protocol.DATA, b"abc") * 2)
+        conn.send(encode(protocol.DATA, b"abc") * 2)
         s = await h.wait_event("stats")
         f = s[2]
         assert (f["attempts"], f["connects"], f["beats_sent"], f["frames_echoed"], f["bytes_echoed"]) == (

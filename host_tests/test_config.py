@@ -89,3 +89,12 @@ def test_truncated_documents_are_caught_before_json(text, ok, tmp_path):
     else:
         with pytest.raises(ConfigError, match="not valid JSON"):
             load(str(p))
+
+
+def test_every_attribute_is_declared_for_the_type_checker():
+    # Config sets its attributes in loops; only the class-level declarations let mypy see a misspelling.
+    declared = set(Config.__annotations__)
+    for user in ({}, {"keepalive": False}, {"wifi": {"ssid": "home", "password": "pw"}}):
+        made = set(vars(Config(user)))
+        assert made - declared == set(), "set but not declared in Config"
+        assert declared - made == set(), "declared in Config but never set"

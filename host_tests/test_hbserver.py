@@ -23,7 +23,7 @@ from tools import hbserver
 from tools.hbserver.probe import Histogram, Probe, make_payload, match_raw
 from tools.hbserver import HeartbeatServer
 
-from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.protocol import DATA, HEART
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,7 +136,7 @@ def test_data_frames_do_not_count_as_beats():
             c = await connect()
             await log.wait("online", client=c.name)
             for i in range(1, 4):
-                c.send(protocol.encode(DATA, b"x" * i))
+                c.send(encode(DATA, b"x" * i))
                 await log.wait("data", count=i, client=c.name)
             f = await log.wait("offline", client=c.name)
             assert f["reason"] == "silent"
@@ -202,7 +202,7 @@ def test_heart_reply_switch(reply):
             c = await connect()
             await log.wait("online", client=c.name)
             # A DATA payload between beats is consumed whole; the seed's server would lose the framing here.
-            c.send(protocol.encode(HEART) + protocol.encode(DATA, b"hello, server") + protocol.encode(HEART))
+            c.send(encode(HEART) + encode(DATA, b"hello, server") + encode(HEART))
             c.beat()
             await log.wait("beat", count=3, client=c.name)
             # Stopping flushes whatever the server wrote before the connection ends: count after EOF.

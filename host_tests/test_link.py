@@ -1,7 +1,7 @@
 """The link's decisions, with plain integers for time: no clock, no sockets."""
 import pytest
 
-from firmware.hbkeep.link import Link
+from firmware.hbkeep.link import BEAT, NOTHING, SILENT, STALLED, Link
 
 
 def test_beats_every_beat_ms_and_never_bursts_after_a_stall():
@@ -128,3 +128,65 @@ def test_write_progress_keeps_a_slow_reader_from_counting_as_stalled():
         lk.tx_blocked(t)
         assert not lk.stalled(t + 299)
     assert lk.stalled(2800 + 300)
+
+
+# -- decide(): the one question the driver asks, and the order in which the rules answer it ----------
+
+
+def test_decide_beats_when_due_and_says_how_long_to_sleep():
+    lk = Link(1000, peer_timeout="off")
+    lk.up(0)
+    assert lk.decide(400) == NOTHING and lk.wait == 600
+    assert lk.decide(1000) == BEAT and lk.wait == 1000
+    assert lk.next_beat == 2000  # booked as sent: asking again at once does not beat twice
+    assert lk.decide(1000) == NOTHING and lk.wait == 1000
+    assert lk.decide(7500) == BEAT and lk.next_beat == 8500  # late: on from now, no burst
+
+
+def test_decide_reports_silence_before_a_stall_and_both_before_a_beat():
+    lk = Link(100, peer_timeout="strict", peer_miss=3)
+    lk.up(0)
+    lk.tx_blocked(0)
+    # At 300 the beat (due since 100), the silence and the stall limits are all reached.
+    assert lk.decide(300) == SILENT
+    lk.received(300)
+    assert lk.decide(300) == STALLED
+    lk.tx_unblocked()
+    assert lk.decide(300) == BEAT
+    nb = lk.next_beat
+    # A dead link is reported without spending the beat that was due as well.
+    assert lk.decide(10_000) == SILENT and lk.next_beat == nb
+
+
+def test_decide_wait_is_the_nearest_deadline():
+    lk = Link(1000, peer_timeout="strict", peer_miss=3)
+    lk.up(0)
+    lk.received(0)
+    lk.decide(1000)
+    lk.decide(2000)  # beats at 1000 and 2000; silence limit at 3000, next beat at 3000
+    assert lk.decide(2500) == NOTHING and lk.wait == 500
+    lk.received(2500)
+    lk.tx_blocked(2600)  # stall limit at 5600, silence at 5500, beat at 3000
+    assert lk.decide(2600) == NOTHING and lk.wait == 400
+
+
+def test_a_link_without_beats_never_beats_and_waits_for_its_limits_only():
+    lk = Link(100, peer_timeout="strict", peer_miss=3, beats=False)
+    lk.up(0)
+    assert [lk.decide(t) for t in (100, 200, 299)] == [NOTHING] * 3
+    assert lk.wait == 1  # the silence limit at 300, not a beat
+    assert lk.decide(300) == SILENT
+
+
+def test_auto_means_off_on_a_link_without_beats():
+    # Raw mode sends no beats, so nothing prompts an idle server to talk: `auto` must not drop it.
+    lk = Link(100, peer_timeout="auto", peer_miss=3, beats=False)
+    lk.up(0)
+    lk.received(0)
+    lk.tx_blocked(0)
+    assert lk.decide(10**6) == NOTHING and lk.wait == 300
+    assert lk.mode == "off"
+    framed = Link(100, peer_timeout="auto", peer_miss=3)
+    framed.up(0)
+    framed.received(0)
+    assert framed.decide(300) == SILENT

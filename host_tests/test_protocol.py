@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.protocol import DATA, HEART, Decoder
 
 
@@ -28,8 +29,8 @@ def decode_all(chunks, max_payload=1024):
 
 def test_header_is_the_seeds_struct_byte_for_byte():
     # struct PACKET_HEAD { enum Type type; int length; } on a little-endian machine.
-    assert protocol.encode(HEART) == struct.pack("<ii", 0, 0)
-    assert protocol.encode(DATA, b"abc") == struct.pack("<ii", 1, 3) + b"abc"
+    assert encode(HEART) == struct.pack("<ii", 0, 0)
+    assert encode(DATA, b"abc") == struct.pack("<ii", 1, 3) + b"abc"
     buf = bytearray(8)
     protocol.encode_header(buf, 0, 1, 70000)
     assert bytes(buf) == struct.pack("<ii", 1, 70000)
@@ -43,7 +44,7 @@ def test_read_int32_matches_struct(v):
 
 
 def test_whole_frames_are_reported_in_place_without_copying():
-    buf = bytearray(protocol.encode(DATA, b"xy") + protocol.encode(HEART))
+    buf = bytearray(encode(DATA, b"xy") + encode(HEART))
     dec = Decoder(16)
     assert dec.feed(buf, 0, len(buf)) == 10
     assert (dec.event, dec.type, dec.length, dec.start) == (protocol.FRAME_IN_PLACE, DATA, 2, 0)
@@ -52,13 +53,13 @@ def test_whole_frames_are_reported_in_place_without_copying():
 
 
 def test_split_frame_is_assembled():
-    data = protocol.encode(DATA, b"hello")
+    data = encode(DATA, b"hello")
     frames, err = decode_all([data[:3], data[3:9], data[9:]])
     assert err is None and frames == [(DATA, b"hello")]
 
 
 def test_one_byte_at_a_time():
-    stream = protocol.encode(DATA, b"a") + protocol.encode(HEART) + protocol.encode(DATA, b"") + protocol.encode(DATA, b"zz")
+    stream = encode(DATA, b"a") + encode(HEART) + encode(DATA, b"") + encode(DATA, b"zz")
     frames, err = decode_all([stream[i : i + 1] for i in range(len(stream))])
     assert err is None
     assert frames == [(DATA, b"a"), (HEART, b""), (DATA, b""), (DATA, b"zz")]
@@ -76,13 +77,13 @@ def test_one_byte_at_a_time():
     ],
 )
 def test_bad_headers_name_field_value_and_reason(header, expected):
-    frames, err = decode_all([protocol.encode(DATA, b"ok") + struct.pack("<ii", *header) + b"rest"])
+    frames, err = decode_all([encode(DATA, b"ok") + struct.pack("<ii", *header) + b"rest"])
     assert frames == [(DATA, b"ok")]
     assert err == expected
 
 
 def test_length_at_max_payload_is_accepted():
-    frames, err = decode_all([protocol.encode(DATA, b"q" * 64)], max_payload=64)
+    frames, err = decode_all([encode(DATA, b"q" * 64)], max_payload=64)
     assert err is None and frames == [(DATA, b"q" * 64)]
 
 
@@ -91,7 +92,7 @@ def test_decoder_stays_broken_after_an_error_until_reset():
     bad = bytearray(struct.pack("<ii", 9, 0))
     dec.feed(bad, 0, 8)
     assert dec.event == protocol.ERROR
-    good = bytearray(protocol.encode(HEART))
+    good = bytearray(encode(HEART))
     assert dec.feed(good, 0, 8) == 0 and dec.event == protocol.ERROR
     dec.reset()
     assert dec.feed(good, 0, 8) == 8 and dec.event == protocol.FRAME_IN_PLACE
@@ -116,7 +117,7 @@ def split(data, cuts):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(frame_st, max_size=20), st.lists(st.integers(0, 10**6), max_size=30))
 def test_any_split_gives_the_same_frames(frames, cuts):
-    stream = b"".join(protocol.encode(t, p) for t, p in frames)
+    stream = b"".join(encode(t, p) for t, p in frames)
     got, err = decode_all(split(stream, cuts), max_payload=300)
     assert err is None
     assert got == frames

@@ -167,7 +167,7 @@ def test_a_service_that_ran_steadily_starts_again_from_the_first_pause():
 def test_a_client_crash_is_an_event_and_a_restart_of_the_client(monkeypatch):
     conns = [FakeConn(), FakeConn()]
     rig = Rig(board("unix"), conns)
-    real = Client._receive
+    real = Client._receive_framed
     calls = []
 
     async def broken_once(self, sock):
@@ -176,7 +176,7 @@ def test_a_client_crash_is_an_event_and_a_restart_of_the_client(monkeypatch):
             raise TypeError("a bug")
         return await real(self, sock)
 
-    monkeypatch.setattr(Client, "_receive", broken_once)
+    monkeypatch.setattr(Client, "_receive_framed", broken_once)
     run_services(rig, 5)
     crash = rig.events("crash")
     assert [c[1]["task"] for c in crash] == ["client"] and crash[0][1]["restart_ms"] == "1000"

@@ -22,6 +22,7 @@ import time
 import faultrec
 import frames
 from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol_host import encode
 from shim import vloop
 from shim.fakenet import HANG, REFUSE, FakeConn, FakeNet
 from test_client import Harness  # the Harness drives the real Client
@@ -77,7 +78,7 @@ class SoakNet(FakeNet):
 
 
 def _send(rec, ftype, payload=b"", raw=None):
-    data = raw if raw is not None else protocol.encode(ftype, payload)
+    data = raw if raw is not None else encode(ftype, payload)
     rec.stream += data
     if raw is None:
         rec.frames.append((len(rec.stream), ftype, payload))
@@ -101,7 +102,7 @@ async def play(rec, rng):
         else:
             n = rng.choice([0, 1, 5, 17, 100, 300]) if rng.random() < 0.97 else rng.randrange(0, MAX_PAYLOAD + 1)
             payload = bytes(rng.randrange(256) for _ in range(n))
-            data = protocol.encode(protocol.DATA, payload)
+            data = encode(protocol.DATA, payload)
             # A frame in up to three pieces with time between them: split frames on the wire.
             cuts = sorted(rng.sample(range(1, len(data)), min(2, len(data) - 1))) if rng.random() < 0.3 else []
             rec.frames.append((len(rec.stream) + len(data), protocol.DATA, payload))
@@ -120,13 +121,13 @@ async def play(rec, rng):
     elif f == "reset":
         conn.reset()
     elif f == "midframe":
-        data = protocol.encode(protocol.DATA, b"cut short" * 3)
+        data = encode(protocol.DATA, b"cut short" * 3)
         cut = rng.randrange(1, len(data))
         rec.stream += data[:cut]
         conn.send(data[:cut])
         conn.eof()
     elif f == "protocol":
-        bad = rng.choice([protocol.encode(7), b"\x01\x00\x00\x00\xfb\xff\xff\xff", b"\x01\x00\x00\x00\x01\x04\x00\x00",
+        bad = rng.choice([encode(7), b"\x01\x00\x00\x00\xfb\xff\xff\xff", b"\x01\x00\x00\x00\x01\x04\x00\x00",
                           b"\x00\x00\x00\x00\x03\x00\x00\x00"])
         _send(rec, None, raw=bad)
     elif f == "silence":

@@ -8,3 +8,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRMWARE_DIR = os.path.join(REPO, "firmware")
 PACKAGE_DIR = os.path.join(FIRMWARE_DIR, "hbkeep")
 BOARDS_DIR = os.path.join(REPO, "boards")
+
+# Modules of the package that only hosts use: CPython's side of compat, the frame builder of the server
+# and tests. No board imports them, so they are not compiled to .mpy (tools/build/mpycompile.py), not
+# deployed, and not type-checked against the board stubs (tools/build/typecheck.py).
+HOST_ONLY = ("_cpython.py", "protocol_host.py")

@@ -1,12 +1,15 @@
-# The application's side of the link (docs/APP.md): Client.send and the on_data handler's delivery.
+# The application's side of the link (docs/APP.md): Client.send, and the receiver that hands DATA
+# payloads to the application's on_data handler instead of echoing them.
 #
 # Part of the client, kept in a module of its own so that it costs no heap on a board that only echoes:
-# client.py imports it the first time an application sends or sets a handler. It works on the client's
-# write side exactly like the receiver and the supervisor do (hold, write, release; see client.py).
+# client.py imports it the first time an application sends, or at a connection when a handler is set.
+# It works on the client's write side exactly like the echo and the supervisor do (hold, write,
+# release; see client.py).
 from . import compat, protocol
+from .compat import ticks_ms, sleep_ms
 from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE
 from .events import describe
-from .client import R_RESET
+from .client import R_EOF, R_PROTOCOL, R_RESET
 
 
 async def send(client, payload):
@@ -69,6 +72,32 @@ async def _finish(client, sock, hdr, hk, payload, pk):
     finally:
         client._app_task = None
     return ok
+
+
+async def receive(client, sock):
+    """The receiver of a connection while client.on_data is set: returns a disconnect reason and raises
+    OSError on socket errors, as the echoing receivers do."""
+    net = client.net
+    buf = client.rxbuf
+    link = client.link
+    handler = client.on_data
+    try_read = net.try_read
+    last_yield = ticks_ms()
+    while True:
+        n = try_read(sock, buf)
+        if n < 0:
+            await net.wait_readable(sock)
+            continue
+        if n == 0:
+            return R_EOF
+        now = ticks_ms()
+        link.received(now)
+        if deliver(client, buf, n, handler):
+            return R_PROTOCOL
+        # Yield once per millisecond tick while reads never wait (as the echoing receivers do).
+        if now != last_yield:
+            last_yield = now
+            await sleep_ms(0)
 
 
 def deliver(client, buf, n, handler):

@@ -3,16 +3,21 @@
 #
 # The decisions live in link.Link and the framing in protocol.Decoder; this file only moves bytes and
 # time between them and the sockets. Per connection it runs two tasks: the receiver (read, upper-case,
-# echo) and the supervisor (beats, silence and stall checks). The receiver's hot path allocates nothing
-# on MicroPython: non-blocking reads into one buffer, echoes written from where the bytes lie, and
-# waiting on the poller only when a read finds nothing.
+# echo; one loop for raw mode, one for framed) and the supervisor (asks Link.decide() what now, does it,
+# sleeps as long as Link says). The receiver's hot path allocates nothing on MicroPython: non-blocking
+# reads into one buffer, echoes written from where the bytes lie, and waiting on the poller only when
+# a read finds nothing.
 from . import compat
 from .compat import ticks_ms, ticks_diff, sleep_ms, upcase
 from . import protocol
-from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE
+from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE, ERROR
 from . import sockopts
-from .link import Link
+from .link import Link, BEAT, SILENT, STALLED
 from .events import Events, Stats, describe
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for mypy only: at run time the validator's module may leave the heap after start
+    from .config import Config
 
 VERSION = "0.1.0"
 
@@ -27,19 +32,21 @@ R_CRASH = "crash"  # a bug in the supervisor: the connection is restarted
 
 
 class Client:
-    def __init__(self, cfg, board, net=None, events=None):
-        self.cfg = cfg
+    # Declared for the type checker only (MicroPython generates no code for a bare annotation): mypy then
+    # knows every cfg.<name> read in this class, and a misspelt one fails `make typecheck`.
+    cfg: "Config"
+
+    def __init__(self, config, board, net=None, events=None):
+        self.cfg = config
+        cfg = self.cfg  # the declared type, so that the reads below are checked too
         self.board = board
         self.net = net or compat.Net()
         self.ev = events or Events(verbose=cfg.verbose, secret=cfg.wifi_password)
         self.stats = Stats()
         self.framed = cfg.mode == "framed"
-        # In raw mode nothing prompts the server to talk (no beats to answer), so `auto` would drop a
-        # merely idle server: there it means off. `strict` still applies if asked for.
-        peer_timeout = cfg.peer_timeout
-        if not self.framed and peer_timeout == "auto":
-            peer_timeout = "off"
-        self.link = Link(cfg.beat_ms, peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms)
+        self.link = Link(
+            cfg.beat_ms, cfg.peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms, beats=self.framed
+        )
         # Buffers allocated once for the life of the client.
         size = cfg.rx_buf
         if self.framed and size < HEADER_SIZE + cfg.max_payload:
@@ -58,12 +65,11 @@ class Client:
         self._detail = None
         self._rx_task = None
         self._beat_task = None  # finishes a beat the socket took only part of
-        # The application's side (docs/APP.md): a handler for received DATA payloads (None: the seed's
-        # upper-case echo, in place and allocation-free) and send() for frames of its own.
+        # The application's side (docs/APP.md, appio.py): a handler for received DATA payloads (None: the
+        # seed's upper-case echo, in place and allocation-free) and send() for frames of its own.
         self.on_data = None
         self._app_hdr = None  # header of the application's frame being sent; allocated on first send
         self._app_task = None  # finishes an application frame the socket took only part of
-        self._app_ok = False
         # Liveness for the watchdog feeder: bumped on every pass of the connection loop and of the
         # supervisor; pulse_ms (set by the feeder, 0 = no cap) caps how long either sleeps in one go.
         self.progress = 0
@@ -174,7 +180,12 @@ class Client:
         self._reason = None
         self._detail = None
         self.connected.set()
-        rx = compat.create_task(self._receive(sock))
+        if self.on_data is not None:
+            from . import appio  # the application takes the payloads: nothing is echoed
+
+            rx = compat.create_task(appio.receive(self, sock))
+        else:
+            rx = compat.create_task(self._receive_framed(sock) if self.framed else self._receive_raw(sock))
         self._rx_task = rx
         sup = compat.create_task(self._guard(sock))
         try:
@@ -196,7 +207,6 @@ class Client:
                 self._beat_task = None
             if self._app_task is not None:
                 self._app_task.cancel()  # its sender wakes up and returns False
-                self._app_task = None
             # A writer cancelled before it ever ran never released the write side: do it for all.
             self._tx_busy = False
             self._tx_idle.set()
@@ -230,42 +240,45 @@ class Client:
 
     async def _supervise(self, sock):
         link = self.link
-        framed = self.framed
-        beat = self.beat
-        ev = self.ev
         while True:
             self._bump()
             now = ticks_ms()
-            if link.silent(now):
-                ev.emit("peer_silent", "silent_ms", link.silent_for(now), "limit_ms", link.limit_ms)
-                self._abort(R_SILENCE, "%dms" % link.silent_for(now))
+            act = link.decide(now)
+            if act == SILENT:
+                silent_ms = link.silent_for(now)
+                self.ev.emit("peer_silent", "silent_ms", silent_ms, "limit_ms", link.limit_ms)
+                self._abort(R_SILENCE, "%dms" % silent_ms)
                 return
-            if link.stalled(now):
-                self._abort(R_STALL, "%dms" % ticks_diff(now, link.tx_blocked_at))
+            if act == STALLED:
+                self._abort(R_STALL, "%dms" % link.stalled_for(now))
                 return
-            if framed and link.beat_due(now):
-                # The supervisor itself never waits on a blocked write, or it would stop supervising
-                # exactly when the link is stuck.
-                if self._tx_busy:
-                    # Mid-frame or backed up: a beat now would land inside a frame or only queue.
-                    self.stats.beats_skipped += 1
-                else:
-                    try:
-                        k = self.net.try_write(sock, beat, 0, HEADER_SIZE)
-                    except OSError as e:  # the beat found the connection broken before a read did
-                        self._abort(R_RESET, compat.errno_name(e))
-                        return
-                    if k < HEADER_SIZE:
-                        self._hold_tx()  # before anything else can write: the beat must finish first
-                        self._beat_task = compat.create_task(self._finish_beat(sock, k))
-                    self.stats.beats_sent += 1
-                    if ev.verbose:
-                        ev.emit("beat", "n", self.stats.beats_sent)
-                link.beat_sent(now)
-            wait = link.wait_ms(ticks_ms(), framed)
+            if act == BEAT and not self._beat(sock):
+                return
+            wait = link.wait
             if self.pulse_ms and wait > self.pulse_ms:
                 wait = self.pulse_ms
             await sleep_ms(wait)
+
+    def _beat(self, sock):
+        """Send one HEART; False when that found the connection broken (the session is then ending)."""
+        # The supervisor itself never waits on a blocked write, or it would stop supervising exactly
+        # when the link is stuck: what the socket does not take now is finished by a task of its own.
+        if self._tx_busy:
+            # Mid-frame or backed up: a beat now would land inside a frame or only queue.
+            self.stats.beats_skipped += 1
+            return True
+        try:
+            k = self.net.try_write(sock, self.beat, 0, HEADER_SIZE)
+        except OSError as e:  # the beat found the connection broken before a read did
+            self._abort(R_RESET, compat.errno_name(e))
+            return False
+        if k < HEADER_SIZE:
+            self._hold_tx()  # before anything else can write: the beat must finish first
+            self._beat_task = compat.create_task(self._finish_beat(sock, k))
+        self.stats.beats_sent += 1
+        if self.ev.verbose:
+            self.ev.emit("beat", "n", self.stats.beats_sent)
+        return True
 
     async def _finish_beat(self, sock, sent):
         try:
@@ -274,11 +287,24 @@ class Client:
             self._abort(R_RESET, compat.errno_name(e))
 
     # -- writing: both tasks write, never interleaving two frames ------------------------------
-    def _send_now(self, sock, buf, off, n):
-        """Write what the socket takes right now; 0 if the other task holds the write side."""
-        if self._tx_busy:
-            return 0
-        return self.net.try_write(sock, buf, off, n)
+    def _send(self, sock, buf, off, n):
+        """Write buf[off:off + n]: what the socket takes now is written here and now. Returns None when
+        that was all of it, else the coroutine that writes the rest, which the caller awaits at once:
+
+            rest = self._send(sock, buf, off, n)
+            if rest is not None:
+                await rest
+
+        Not an `async def` itself, though every caller awaits the rest: on MicroPython each call of an
+        async def allocates a generator, and this runs for every echo. Only the slow path (send
+        buffer full, or the other task mid-frame) allocates one, in _send_rest."""
+        if not self._tx_busy:
+            k = self.net.try_write(sock, buf, off, n)
+            if k == n:
+                return None
+            off += k
+            n -= k
+        return self._send_rest(sock, buf, off, n)
 
     def _hold_tx(self):
         self._tx_busy = True
@@ -287,7 +313,7 @@ class Client:
 
     async def _send_rest(self, sock, buf, off, n, held=False):
         # Slow path, taken only when the send buffer is full or the other writer is mid-frame.
-        # Nothing can slip in between _send_now's partial write and this point: no await between.
+        # Nothing can slip in between _send's partial write and this point: no await between.
         link = self.link
         if not held:
             # Only the receiver comes here unheld: from now on it is not reading.
@@ -312,14 +338,16 @@ class Client:
             self._tx_busy = False
             self._tx_idle.set()
 
-    # -- reading: the hot loop -----------------------------------------------------------------
-    async def _receive(self, sock):
-        """Returns a disconnect reason; raises OSError on socket errors."""
+    # -- reading: the hot loops ----------------------------------------------------------------
+    # One loop per mode, each with its own copy of the read-or-wait and yield lines: a shared
+    # `async def` step would allocate a generator per read on MicroPython, and the framed loop must
+    # allocate nothing per frame. Both return a disconnect reason and raise OSError on socket errors.
+    async def _receive_raw(self, sock):
+        # The seed's loop exactly: upper-case every byte read and write it all back.
         net = self.net
         buf = self.rxbuf
         link = self.link
         st = self.stats
-        dec = self.dec
         verbose = self.ev.verbose
         try_read = net.try_read
         last_yield = ticks_ms()
@@ -332,83 +360,86 @@ class Client:
                 return R_EOF
             now = ticks_ms()
             link.received(now)
-            handler = self.on_data
-            if handler is not None:
-                # The application takes the payloads: nothing is echoed, nothing written here.
-                from . import appio
-
-                if appio.deliver(self, buf, n, handler):
-                    return R_PROTOCOL
-            elif dec is None:
-                # raw: the seed's loop exactly -- upper-case every byte and write it all back.
-                upcase(buf, 0, n)
-                k = self._send_now(sock, buf, 0, n)
-                if k < n:
-                    await self._send_rest(sock, buf, k, n - k)
-                st.frames_echoed += 1
-                st.bytes_echoed += n
-                if verbose:
-                    self.ev.emit("echo", "bytes", n)
-            else:
-                # framed: runs of whole DATA frames are upper-cased where they lie and written back
-                # with one write; a split frame is assembled by the decoder; HEART is not answered.
-                pos = 0
-                run = 0  # start of the bytes in buf still to be echoed
-                while pos < n:
-                    nxt = dec.feed(buf, pos, n)
-                    ev = dec.event
-                    if ev == FRAME_IN_PLACE:
-                        if dec.type == DATA:
-                            s = dec.start + HEADER_SIZE
-                            upcase(buf, s, s + dec.length)
-                            st.frames_echoed += 1
-                            st.bytes_echoed += dec.length
-                            if verbose:
-                                self.ev.emit("echo", "bytes", dec.length)
-                        else:
-                            if dec.start > run:
-                                k = self._send_now(sock, buf, run, dec.start - run)
-                                if k < dec.start - run:
-                                    await self._send_rest(sock, buf, run + k, dec.start - run - k)
-                            run = nxt
-                            st.hearts_received += 1
-                    elif ev == FRAME_ASSEMBLED:
-                        # Completed from an earlier read, so it comes first in this one: run == pos.
-                        if dec.type == DATA:
-                            total = HEADER_SIZE + dec.length
-                            upcase(dec.frame, HEADER_SIZE, total)
-                            k = self._send_now(sock, dec.frame, 0, total)
-                            if k < total:
-                                await self._send_rest(sock, dec.frame, k, total - k)
-                            st.frames_echoed += 1
-                            st.bytes_echoed += dec.length
-                            if verbose:
-                                self.ev.emit("echo", "bytes", dec.length)
-                        else:
-                            st.hearts_received += 1
-                        run = nxt
-                    elif ev == NEED_MORE:
-                        # buf[pos:n] is the start of a split frame, now held by the decoder.
-                        if pos > run:
-                            k = self._send_now(sock, buf, run, pos - run)
-                            if k < pos - run:
-                                await self._send_rest(sock, buf, run + k, pos - run - k)
-                        run = n
-                    else:
-                        # Whole frames before the error are still echoed: they were valid.
-                        if pos > run:
-                            k = self._send_now(sock, buf, run, pos - run)
-                            if k < pos - run:
-                                await self._send_rest(sock, buf, run + k, pos - run - k)
-                        self._protocol_error(dec)
-                        return R_PROTOCOL
-                    pos = nxt
-                if run < n:
-                    k = self._send_now(sock, buf, run, n - run)
-                    if k < n - run:
-                        await self._send_rest(sock, buf, run + k, n - run - k)
+            upcase(buf, 0, n)
+            rest = self._send(sock, buf, 0, n)
+            if rest is not None:
+                await rest
+            st.frames_echoed += 1
+            st.bytes_echoed += n
+            if verbose:
+                self.ev.emit("echo", "bytes", n)
             # While data never stops, reads never wait, so yield to the supervisor and other tasks --
             # once per millisecond tick rather than per read: each pass of the scheduler polls.
+            if now != last_yield:
+                last_yield = now
+                await sleep_ms(0)
+
+    async def _receive_framed(self, sock):
+        # Runs of whole DATA frames are upper-cased where they lie in the read buffer and written back
+        # with one write; a frame split across reads is assembled by the decoder and written from
+        # there; a HEART is counted, not answered.
+        net = self.net
+        buf = self.rxbuf
+        link = self.link
+        st = self.stats
+        dec = self.dec
+        assert dec is not None  # made with the client in framed mode
+        verbose = self.ev.verbose
+        try_read = net.try_read
+        last_yield = ticks_ms()
+        while True:
+            n = try_read(sock, buf)
+            if n < 0:
+                await net.wait_readable(sock)
+                continue
+            if n == 0:
+                return R_EOF
+            now = ticks_ms()
+            link.received(now)
+            pos = 0
+            run = 0  # start of the bytes in buf still to be echoed: buf[run:pos] is ready to go
+            while pos < n:
+                nxt = dec.feed(buf, pos, n)
+                ev = dec.event
+                if ev == FRAME_IN_PLACE and dec.type == DATA:
+                    s = dec.start + HEADER_SIZE  # == pos + HEADER_SIZE: in place means at pos
+                    upcase(buf, s, s + dec.length)
+                    st.frames_echoed += 1
+                    st.bytes_echoed += dec.length
+                    if verbose:
+                        self.ev.emit("echo", "bytes", dec.length)
+                    pos = nxt  # joins the run
+                    continue
+                # Anything else ends the run at pos (a HEART, the start of a split frame, an error):
+                # write the run out first, so the echoes keep their order.
+                if pos > run:
+                    rest = self._send(sock, buf, run, pos - run)
+                    if rest is not None:
+                        await rest
+                if ev == ERROR:
+                    # Whole frames before the error were echoed just above: they were valid.
+                    self._protocol_error(dec)
+                    return R_PROTOCOL
+                if ev == FRAME_ASSEMBLED and dec.type == DATA:
+                    # Completed from an earlier read, so it is the first thing in this one.
+                    total = HEADER_SIZE + dec.length
+                    upcase(dec.frame, HEADER_SIZE, total)
+                    rest = self._send(sock, dec.frame, 0, total)
+                    if rest is not None:
+                        await rest
+                    st.frames_echoed += 1
+                    st.bytes_echoed += dec.length
+                    if verbose:
+                        self.ev.emit("echo", "bytes", dec.length)
+                elif ev != NEED_MORE:
+                    st.hearts_received += 1  # in place or assembled
+                # NEED_MORE: buf[pos:n] is the start of a split frame, now held by the decoder (nxt == n).
+                pos = run = nxt
+            if run < n:
+                rest = self._send(sock, buf, run, n - run)
+                if rest is not None:
+                    await rest
+            # Yield once per millisecond tick while reads never wait (see _receive_raw).
             if now != last_yield:
                 last_yield = now
                 await sleep_ms(0)

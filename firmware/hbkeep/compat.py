@@ -2,7 +2,8 @@
 #
 # Nothing else in firmware/ looks at sys.implementation. Everything that differs -- clock, sleeping,
 # non-blocking socket calls, waiting for readiness, the fast byte loops, printing -- is decided here
-# once, at import time, so the hot paths elsewhere pay nothing for it.
+# once, at import time, so the hot paths elsewhere pay nothing for it. CPython's side of each of these
+# lives in _cpython.py, which no board loads or ships.
 import sys
 import errno
 
@@ -19,28 +20,23 @@ Event = asyncio.Event
 create_task = asyncio.create_task
 run = asyncio.run
 
-try:
-    from .fastbuf import upcase, copy_bytes  # viper: MicroPython with the native emitter only
-except (ImportError, SyntaxError):
+if MICROPYTHON:
+    try:
+        from .fastbuf import upcase, copy_bytes  # viper: ports built with the native emitter
+    except (ImportError, SyntaxError):
 
-    def upcase(buf, start, end):
-        # Plain Python: bytes.upper() maps a-z only, exactly C toupper() in the C locale.
-        if MICROPYTHON:
+        def upcase(buf, start, end):
+            # Plain Python, a-z only: exactly C toupper() in the C locale.
             i = start
             while i < end:
                 c = buf[i]
                 if 97 <= c <= 122:
                     buf[i] = c - 32
                 i += 1
-        else:
-            mv = memoryview(buf)
-            mv[start:end] = bytes(mv[start:end]).upper()
 
-    def copy_bytes(dst, doff, src, soff, n):
-        memoryview(dst)[doff : doff + n] = memoryview(src)[soff : soff + n]
+        def copy_bytes(dst, doff, src, soff, n):
+            memoryview(dst)[doff : doff + n] = memoryview(src)[soff : soff + n]
 
-
-if MICROPYTHON:
     import time
     import gc
 
@@ -124,107 +120,13 @@ if MICROPYTHON:
             return n - 1 if n > 0 else 0
 
 else:
-    import time
-    import random
-
-    def ticks_ms():
-        # Read from the running loop's clock so that a test loop with virtual time drives the
-        # firmware's time too; loop.time() is time.monotonic() by default.
-        try:
-            t = asyncio.get_running_loop().time()
-        except RuntimeError:
-            t = time.monotonic()
-        # Rounded, not truncated: a timer firing exactly at its deadline must read as that
-        # millisecond, not the one before (float seconds rarely hold a whole millisecond exactly).
-        return int(t * 1000 + 0.5)
-
-    def ticks_diff(a, b):
-        return a - b
-
-    def ticks_add(a, b):
-        return a + b
-
-    async def sleep_ms(ms):
-        await asyncio.sleep(ms / 1000)
-
-    if hasattr(asyncio, "timeout"):
-
-        async def wait_for_ms(aw, ms):
-            # Not asyncio.wait_for: on 3.11 it swallows a cancellation that arrives just as the
-            # awaited thing finishes, and a client that cannot be stopped is a hung test or tool.
-            async with asyncio.timeout(ms / 1000):
-                return await aw
-
-    else:
-
-        async def wait_for_ms(aw, ms):
-            return await asyncio.wait_for(aw, ms / 1000)
-
-    def write_line(s):
-        sys.stdout.write(s + "\n")
-        sys.stdout.flush()
-
-    def block_ms(ms):
-        time.sleep(ms / 1000)
-
-    def forget_module(name):
-        pass  # CPython's heap is not a board's; and tests keep using the module
-
-    def new_loop():
-        pass  # asyncio.run makes a new loop every time
-
-    def mem_alloc():
-        return 0  # CPython's heap is not the board's; figures come from MicroPython only
-
-    def mem_free():
-        return 0
-
-    def collect():
-        pass
-
-    def _wake(fut):
-        if not fut.done():
-            fut.set_result(None)
-
-    async def wait_readable(sock):
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        fd = sock.fileno()
-        loop.add_reader(fd, _wake, fut)
-        try:
-            await fut
-        finally:
-            loop.remove_reader(fd)
-
-    async def wait_writable(sock):
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        fd = sock.fileno()
-        loop.add_writer(fd, _wake, fut)
-        try:
-            await fut
-        finally:
-            loop.remove_writer(fd)
-
-    def try_read(sock, buf):
-        try:
-            return sock.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            return -1
-
-    def try_write(sock, buf, off, n):
-        try:
-            return sock.send(memoryview(buf)[off : off + n])
-        except (BlockingIOError, InterruptedError):
-            return 0
-
-    def _connect_done(sock, addr):
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise OSError(err, errno.errorcode.get(err, str(err)))
-
-    def rand_below(n):
-        return random.randrange(n) if n > 0 else 0
+    # CPython (host tools and tests): its side lives in a module no board ships, so none of it is
+    # compiled into a board's .mpy files.
+    from ._cpython import (  # noqa: F401
+        upcase, copy_bytes, ticks_ms, ticks_diff, ticks_add, sleep_ms, wait_for_ms, write_line,
+        mem_alloc, mem_free, collect, block_ms, forget_module, new_loop, wait_readable, wait_writable, try_read, try_write, rand_below,
+        connect_done as _connect_done,
+    )
 
 
 def load_json(path):

@@ -2,6 +2,9 @@
 # counts as stalled, how long to wait before the next connect attempt. Times are tick values passed in
 # by the caller; nothing here reads a clock or touches a socket, so every rule is testable in
 # microseconds and replayable on a virtual clock.
+#
+# While connected, the driver asks one question, decide(now), and acts on the answer: the order in
+# which the rules are weighed lives here, not in the driver.
 from .compat import ticks_add, ticks_diff
 
 # peer_timeout modes
@@ -11,12 +14,24 @@ OFF = "off"  # never (leave it to TCP keepalive)
 
 NEVER = -1
 
+# What decide() tells the driver to do now. Small ints: answering allocates nothing on MicroPython.
+NOTHING = 0  # sleep for Link.wait ms, then ask again
+BEAT = 1  # send a HEART now (already booked as sent: the next one is due beat_ms later)
+SILENT = 2  # the peer said nothing for limit_ms: end the connection
+STALLED = 3  # our writes stayed blocked for limit_ms: end the connection
+
 
 class Link:
-    def __init__(self, beat_ms, peer_timeout=AUTO, peer_miss=3, retry_ms=100, backoff_max_ms=0):
+    def __init__(self, beat_ms, peer_timeout=AUTO, peer_miss=3, retry_ms=100, backoff_max_ms=0, beats=True):
         self.beat_ms = beat_ms
+        # A link that sends no beats (raw mode) gives the peer nothing to answer, so under `auto` a
+        # merely idle server would count as silent: there `auto` means off. `strict` still applies.
+        if not beats and peer_timeout == AUTO:
+            peer_timeout = OFF
+        self.beats = beats
         self.mode = peer_timeout
         self.limit_ms = peer_miss * beat_ms
+        self.wait = 0  # set by decide(): ms until the next decision is needed
         self.retry_ms = retry_ms
         self.backoff_max_ms = backoff_max_ms
         self.failures = 0  # consecutive failed or short-lived connections, for backoff
@@ -79,6 +94,27 @@ class Link:
         if self.mode == OFF or self.tx_blocked_at == NEVER:
             return False
         return ticks_diff(now, self.tx_blocked_at) >= self.limit_ms
+
+    def stalled_for(self, now):
+        return ticks_diff(now, self.tx_blocked_at)
+
+    def decide(self, now):
+        """What the driver does now: SILENT, STALLED, BEAT or NOTHING, weighed in that order, so a
+        dead link is reported before a beat is spent on it. After BEAT or NOTHING, self.wait holds
+        the ms from `now` the driver may sleep before asking again. An int answer plus an int
+        attribute rather than a tuple: this runs every beat period and must not allocate on a board."""
+        if self.silent(now):
+            return SILENT
+        if self.stalled(now):
+            return STALLED
+        act = NOTHING
+        if self.beats and self.beat_due(now):
+            # Booked as sent even when the driver skips it (write side busy): a skipped beat is not
+            # made up for, the next one comes beat_ms later as usual.
+            self.beat_sent(now)
+            act = BEAT
+        self.wait = self.wait_ms(now, self.beats)
+        return act
 
     def wait_ms(self, now, beating=True):
         """How long the supervisor may sleep before something needs deciding."""

@@ -39,14 +39,6 @@ def encode_header(buf, off, ftype, length):
     buf[off + 7] = (length >> 24) & 0xFF
 
 
-def encode(ftype, payload=b""):
-    # Convenience for hosts and tests, not for the board's hot path (it allocates).
-    buf = bytearray(HEADER_SIZE + len(payload))
-    encode_header(buf, 0, ftype, len(payload))
-    buf[HEADER_SIZE:] = payload
-    return bytes(buf)
-
-
 def read_int32(b, o):
     # Sign handled from the top byte so that valid headers stay small ints on 32-bit boards, where
     # anything at or above 2**30 would be a heap-allocated big int.

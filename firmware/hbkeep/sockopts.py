@@ -2,11 +2,10 @@
 # (boards/<name>/board.json, deployed as board.json) -- never by passing raw numbers to a port that
 # lacks an option: esp32 and rp2 print a warning and ignore unknown ones, and on esp32 some raw lwIP
 # numbers land on unrelated options (PORT_FACTS.md).
+from .config import Config
 
-ORDER = ("keepalive", "idle", "intvl", "cnt", "nodelay")
 
-
-def wanted(cfg):
+def wanted(cfg: Config):
     """(option, value) pairs the config asks for, in the seed's order."""
     out = []
     if cfg.keepalive:
@@ -19,7 +18,7 @@ def wanted(cfg):
     return out
 
 
-def apply(net, sock, table, cfg):
+def apply(net, sock, table, cfg: Config):
     """Set what the port has; return (applied, lacking, failed) lists of option names."""
     applied = []
     lacking = []

@@ -6,6 +6,7 @@
 # passed to connect() and never printed.
 import network
 from . import compat
+from .config import Config
 
 REJOIN_AFTER_MS = 10000  # not connected and not connecting for this long: connect() again
 POLL_MS = 500
@@ -20,6 +21,8 @@ def _status_name(st):
 
 
 class Station:
+    cfg: Config  # declared for the type checker only, as in Client
+
     def __init__(self, cfg, board, events):
         self.cfg = cfg
         self.board = board

@@ -1,7 +1,10 @@
-"""Compile every firmware/*.py to .mpy with mpy-cross, once per board architecture.
+"""Compile what a board loads to .mpy with mpy-cross, once per board architecture.
 
     python3 -m tools.build.mpycompile                  # -> build/mpy/<arch>/<module>.mpy, sizes printed
     python3 -m tools.build.mpycompile --arch armv6m --out /tmp/x
+
+What a board loads is firmware/main.py and the modules of firmware/hbkeep/, less the host-only ones
+(HOST_ONLY in tools/paths.py: CPython's side of compat, the host's frame builder).
 
 The architectures are the `mpy_arch` values of boards/*/board.json (xtensawin for ESP32, armv6m for the
 Pico W), so a new board table brings its architecture along. `-march` matters: fastbuf.py uses the viper
@@ -17,7 +20,7 @@ import os
 import subprocess
 import sys
 
-from tools.paths import BOARDS_DIR, FIRMWARE_DIR, PACKAGE_DIR
+from tools.paths import BOARDS_DIR, FIRMWARE_DIR, HOST_ONLY, PACKAGE_DIR
 
 REPO = os.path.dirname(FIRMWARE_DIR)
 DEFAULT_OUT = os.path.join(REPO, "build", "mpy")
@@ -35,8 +38,9 @@ def board_arches():
 
 
 def sources():
-    """What a board loads: main.py and every module of the package."""
-    return [os.path.join(FIRMWARE_DIR, "main.py")] + sorted(glob.glob(os.path.join(PACKAGE_DIR, "*.py")))
+    """What a board loads: main.py and every module of the package but the host-only ones."""
+    modules = [p for p in sorted(glob.glob(os.path.join(PACKAGE_DIR, "*.py"))) if os.path.basename(p) not in HOST_ONLY]
+    return [os.path.join(FIRMWARE_DIR, "main.py")] + modules
 
 
 def _dest(src, out_dir):

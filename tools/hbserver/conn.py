@@ -11,11 +11,12 @@ Timing (ticks, offline, probe sweeps) is driven by the server's few global tasks
 import asyncio
 
 from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.protocol import DATA, ERROR, FRAME_ASSEMBLED, FRAME_IN_PLACE, HEADER_SIZE, HEART
 
 from tools.hbserver.probe import Probe, check_framed, make_payload, match_raw
 
-HEART_FRAME = protocol.encode(HEART)
+HEART_FRAME = encode(HEART)
 
 # Connection states. A connection is reported online once and offline at most once.
 NEW = 0  # transport made, not yet admitted
@@ -117,7 +118,7 @@ class Conn(asyncio.BufferedProtocol):
     def send_probe(self, now):
         srv = self.srv
         payload, expected = make_payload(srv.rng, srv.config.probe_bytes)
-        data = payload if srv.raw else protocol.encode(DATA, payload)
+        data = payload if srv.raw else encode(DATA, payload)
         if not self.send(data):
             return False
         if self.probes is None:
