@@ -6,7 +6,9 @@
 # passed to connect() and never printed.
 import network
 from . import compat
-from .config import Config
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
+    from .config import Config
 
 REJOIN_AFTER_MS = 10000  # not connected and not connecting for this long: connect() again
 POLL_MS = 500
@@ -21,7 +23,7 @@ def _status_name(st):
 
 
 class Station:
-    cfg: Config  # declared for the type checker only, as in Client
+    cfg: "Config"  # declared for the type checker only, as in Client
 
     def __init__(self, cfg, board, events):
         self.cfg = cfg
