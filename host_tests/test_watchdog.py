@@ -276,3 +276,12 @@ def test_process_a_hung_task_starves_the_watchdog(runtime):
             reset = fw.wait_event("sim", timeout=10)
             assert reset.fields["what"] == "wdt_expired" and int(reset.fields["unfed_ms"]) > 400
             assert fw.count("disconnected") == 0  # nothing else noticed: only the watchdog does
+
+
+def test_a_boards_table_on_a_runtime_without_a_watchdog_runs_without_one(monkeypatch):
+    # CPython has no `machine`: a board's table run on the host must not crash-loop the feeder.
+    monkeypatch.delitem(__import__("sys").modules, "machine", raising=False)
+    rig = Rig(board("rp2_pico_w", wifi=False), [FakeConn()], wdt_ms=2000)
+    run_for(rig, 2)
+    assert rig.events("watchdog") == [{"state": "absent", "board": "rp2_pico_w", "reason": "no_machine_WDT"}]
+    assert not rig.events("crash")

@@ -129,6 +129,16 @@ else:
     )
 
 
+def machine_has(name):
+    """True when this runtime's `machine` module has `name` (Pin, WDT, Timer): a board's does; CPython has
+    no `machine`, and the unix port's has neither pins nor a watchdog. Lets a board's table run on the host."""
+    try:
+        import machine
+    except ImportError:
+        return False
+    return hasattr(machine, name)
+
+
 def load_json(path):
     import json
 

@@ -41,6 +41,9 @@ def boot_hold(board):
     pin = board.get("boot_hold_pin")
     if pin is None:
         return False
+    if not compat.machine_has("Pin"):
+        _line("autostart hold_pin=%s state=unreadable reason=no_pins_on_this_runtime" % pin)
+        return False
     import machine
 
     level = board.get("boot_hold_level", 0)
@@ -149,7 +152,7 @@ class Firmware:
             if ms:
                 self.feeder = watchdog.Feeder(client, ms, self.ev)
                 compat.create_task(self.keep("watchdog", self.feeder.run))
-        if board.get("led_pin") is not None:
+        if board.get("led_pin") is not None and compat.machine_has("Pin"):
             from .led import StatusLed
 
             led = StatusLed(board)

@@ -4,6 +4,7 @@
 # `progress` on every pass of its connection loop and of its supervisor, and never sleeps longer than
 # `pulse_ms` (set here) in one go. So the board resets both when something blocks the scheduler (the
 # feeder cannot run) and when a task hangs while the scheduler runs on (the counter stops).
+from . import compat
 from .compat import ticks_ms, ticks_diff, sleep_ms
 from . import wdtpark
 
@@ -15,6 +16,9 @@ def timeout_for(cfg, board, ev):
         return 0
     if not board.get("watchdog"):
         ev.emit("watchdog", "state", "absent", "board", board.get("name"))
+        return 0
+    if not compat.machine_has("WDT"):  # a board's table run on the host
+        ev.emit("watchdog", "state", "absent", "board", board.get("name"), "reason", "no_machine_WDT")
         return 0
     limit = board.get("wdt_max_ms")
     if limit and ms > limit:
