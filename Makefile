@@ -1,7 +1,8 @@
 # Build, test and provisioning entry points (GNU make). `make` alone lists the targets.
 #
 # Everything host-side lives in .venv (created from requirements-dev.txt, redone only when that file
-# changes) and .cache/ (the MicroPython unix binary, see tools/build/mpbin.py). Nothing is installed system-wide.
+# changes) and .cache/ (the MicroPython unix binaries, see tools/build/mpbin.py and tools/build/mpbin32.py).
+# Nothing is installed system-wide.
 
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
@@ -26,11 +27,13 @@ $(DEPS_STAMP): requirements-dev.txt
 	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
-setup: $(DEPS_STAMP) ## create .venv with the pinned tools and provision the MicroPython unix binary
+setup: $(DEPS_STAMP) ## create .venv with the pinned tools and provision the MicroPython unix binaries (64- and 32-bit)
 	$(PY) -m tools.build.mpbin --check
+	$(PY) -m tools.build.mpbin32 --check
 
-# HB_REQUIRE_MICROPYTHON makes the MicroPython-tier tests fail instead of skip when the binary is missing.
+# HB_REQUIRE_MICROPYTHON(32) make the MicroPython-tier tests fail instead of skip when a binary is missing.
 test: export HB_REQUIRE_MICROPYTHON = 1
+test: export HB_REQUIRE_MICROPYTHON32 = 1
 test: setup typecheck ## run the host tests (CPython and MicroPython tiers, mpy-cross compile check)
 	$(PY) -m pytest -q host_tests
 

@@ -2,12 +2,10 @@
 # On the host, tools.hostrun runs `<python> main.py CONFIG BOARD` with firmware/ as the current module
 # path. For an application of one's own on the link, see docs/APP.md.
 import sys
+from hbkeep import compat
 from hbkeep.runner import main
 
 if __name__ == "__main__":
-    host_args = sys.argv[1:3]
-    rc = main(*host_args)
-    # A host run ends with its exit code. On a board main.py just returns, leaving the REPL free:
-    # sys.exit there would count as a soft reset and run main.py again.
-    if host_args and rc:
-        sys.exit(rc)
+    # On a board: returns quietly after a config error (a SystemExit would soft-reset into main.py again);
+    # on the host: the exit status.
+    compat.exit_status(main(*sys.argv[1:3]))

@@ -29,6 +29,10 @@ from tiers import skip_or_fail
 from tools import hostrun
 
 RUNTIMES = ("cpython", "micropython")
+# The 32-bit MicroPython (a board's int and tick widths) joins where the brief is a board's behaviour:
+# the loopback scenarios, the port models. Mandatory in CI through HB_REQUIRE_MICROPYTHON32.
+ALL_RUNTIMES = RUNTIMES + ("micropython32",)
+REQUIRE_ENV = {"micropython": "HB_REQUIRE_MICROPYTHON", "micropython32": "HB_REQUIRE_MICROPYTHON32"}
 
 # One parsed line. `t` is time.monotonic() when the line was read (host clock); `ms` is the firmware's
 # own clock (only differences within one process mean anything). Lines that are not events (a
@@ -54,19 +58,18 @@ def parse_line(line, t=None):
 
 
 # -- which runtimes can run here ---------------------------------------------------------------
-_mp_status = None  # None: not probed yet; else (ok, reason)
+_mp_status = {}  # runtime -> (ok, argv or reason), probed once
 
 
-def micropython_status():
-    """(True, argv) when the MicroPython unix binary runs here, else (False, reason). Probed once."""
-    global _mp_status
-    if _mp_status is None:
+def micropython_status(runtime="micropython"):
+    """(True, argv) when that MicroPython binary runs here, else (False, reason). Probed once."""
+    if runtime not in _mp_status:
         try:
-            argv = hostrun.runtime_argv("micropython")
+            argv = hostrun.runtime_argv(runtime)
         except ImportError as e:
-            _mp_status = (False, "tools.build.mpbin is not importable: %s" % e)
+            _mp_status[runtime] = (False, "the provisioning module is not importable: %s" % e)
         except (RuntimeError, OSError) as e:
-            _mp_status = (False, "no MicroPython binary: %s" % e)
+            _mp_status[runtime] = (False, "no MicroPython binary: %s" % e)
         else:
             try:
                 out = subprocess.run(
@@ -74,28 +77,35 @@ def micropython_status():
                     capture_output=True, text=True, timeout=30,
                 )
             except (OSError, subprocess.TimeoutExpired) as e:
-                _mp_status = (False, "MicroPython binary %r does not run: %s" % (argv, e))
+                _mp_status[runtime] = (False, "MicroPython binary %r does not run: %s" % (argv, e))
             else:
                 if out.returncode != 0 or out.stdout.strip() != "ok":
-                    _mp_status = (False, "MicroPython binary %r failed its probe (rc=%d): %s" % (
+                    _mp_status[runtime] = (False, "MicroPython binary %r failed its probe (rc=%d): %s" % (
                         argv, out.returncode, (out.stderr or out.stdout).strip()[-500:]))
                 else:
-                    _mp_status = (True, argv)
-    return _mp_status
+                    _mp_status[runtime] = (True, argv)
+    return _mp_status[runtime]
 
 
 def require_runtime(runtime):
-    if runtime != "micropython":
+    if runtime not in REQUIRE_ENV:
         return
-    ok, why = micropython_status()
+    ok, why = micropython_status(runtime)
     if ok:
         return
-    skip_or_fail("HB_REQUIRE_MICROPYTHON", "MicroPython", why)
+    skip_or_fail(REQUIRE_ENV[runtime], "MicroPython" if runtime == "micropython" else "32-bit MicroPython", why)
 
 
 @pytest.fixture(params=RUNTIMES)
 def runtime(request):
     """Both host runtimes; see the module docstring for what happens when MicroPython is missing."""
+    require_runtime(request.param)
+    return request.param
+
+
+@pytest.fixture(params=ALL_RUNTIMES)
+def any_runtime(request):
+    """Both host runtimes and the 32-bit MicroPython."""
     require_runtime(request.param)
     return request.param
 

@@ -15,7 +15,7 @@ from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
-from fwproc import FwProc, runtime  # noqa: F401  (a fixture)
+from fwproc import FwProc, any_runtime  # noqa: F401  (a fixture)
 from scripted_server import DATA, ScriptedServer
 from shim import fake_machine, vloop
 from shim.fakenet import FakeConn, FakeNet
@@ -229,7 +229,7 @@ def readings(conn, n, timeout=20):
     return out
 
 
-def test_example_app_sends_readings_takes_commands_and_misses_while_down(runtime, tmp_path):
+def test_example_app_sends_readings_takes_commands_and_misses_while_down(any_runtime, tmp_path):
     # peer_timeout off: this server never answers beats, and once it has spoken (a command) "auto"
     # would judge its silence.
     cfg_extra = {"beat_ms": 100, "stats_ms": 0, "retry_ms": 50, "peer_timeout": "off"}
@@ -251,7 +251,7 @@ def test_example_app_sends_readings_takes_commands_and_misses_while_down(runtime
 
     with ScriptedServer() as srv:
         cfg = dict(cfg_extra, port=srv.port)
-        with FwProc(runtime, cfg, board_table=b, argv=argv) as fw:
+        with FwProc(any_runtime, cfg, board_table=b, argv=argv) as fw:
             conn = srv.accept(timeout=20)
             first = readings(conn, 2)
             assert [r["n"] for r in first] == ["0", "1"] and first[0]["every_ms"] == "300"

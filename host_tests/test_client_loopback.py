@@ -1,6 +1,6 @@
 """The client's scenarios on real loopback sockets, on CPython and on the MicroPython unix port.
 
-The firmware runs as a child process (tools.hostrun); a scripted server (host_tests/scripted_server.py)
+The firmware runs as a child process (tools.hostrun) on CPython, MicroPython and 32-bit MicroPython; a scripted server (host_tests/scripted_server.py)
 plays the other end. Tests synchronise on the firmware's event lines and on bytes arriving, never on
 bare sleeps; every wait has a deadline. Timing bounds are asserted only where the project promises
 one (reconnect within retry_ms of the server being back, silence detection within one beat of the
@@ -16,9 +16,15 @@ import time
 
 import pytest
 
-from fwproc import FwProc, parse_line, runtime  # noqa: F401  (runtime is a fixture)
+from fwproc import FwProc, parse_line, any_runtime  # noqa: F401  (a fixture)
 from scripted_server import DATA, HEART, HEADER, ScriptedServer, frame
 from tools import hostrun
+
+@pytest.fixture
+def runtime(any_runtime):
+    """Every scenario on CPython, the 64-bit and the 32-bit MicroPython unix port."""
+    return any_runtime
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

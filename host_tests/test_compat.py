@@ -1,8 +1,17 @@
-"""The CPython side of the runtime seam (the MicroPython side runs in the loopback tier)."""
+"""The runtime seam: its CPython side in process; how main.py ends after a config error, on every runtime."""
+import os
+import shutil
 import socket
+import subprocess
 
+import pytest
+
+from fwproc import ALL_RUNTIMES, require_runtime
+from tools import hostrun
 
 from firmware.hbkeep import compat
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_upcase_is_c_toupper_in_the_c_locale():
@@ -50,3 +59,41 @@ def test_errno_name_and_addr_str():
 
 def test_runtime_name():
     assert compat.RUNTIME == "cpython" and compat.MICROPYTHON is False
+
+
+@pytest.mark.parametrize("runtime", ALL_RUNTIMES)
+def test_a_config_error_ends_quietly_on_a_board_and_with_a_status_on_the_host(runtime, tmp_path):
+    # A board runs main.py with no arguments; a SystemExit there would soft-reset into main.py again.
+    require_runtime(runtime)
+    fw = os.path.join(ROOT, "firmware")
+    shutil.copy(os.path.join(fw, "main.py"), str(tmp_path / "main.py"))
+    shutil.copytree(os.path.join(fw, "hbkeep"), str(tmp_path / "hbkeep"))
+    (tmp_path / "config.json").write_text('{"beat_ms": -5}')
+    shutil.copy(os.path.join(ROOT, "boards", "unix", "board.json"), str(tmp_path / "board.json"))
+    argv = hostrun.runtime_argv(runtime)
+    board = subprocess.run(argv + ["main.py"], cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert board.returncode == 0, board.stdout + board.stderr
+    assert "config_error beat_ms" in board.stdout and "SystemExit" not in board.stdout + board.stderr
+    host = subprocess.run(argv + ["main.py", "config.json", "board.json"], cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert host.returncode == 2 and "config_error beat_ms" in host.stdout, host.stdout + host.stderr
+
+
+@pytest.mark.parametrize("runtime", ["micropython", "micropython32"])
+def test_a_fastbuf_mpy_for_another_architecture_falls_back_to_plain_python(runtime, tmp_path):
+    # MicroPython raises ValueError ("incompatible .mpy file") for it, not ImportError.
+    require_runtime(runtime)
+    from tools.build import mpycompile
+
+    pkg = tmp_path / "hbkeep"
+    shutil.copytree(os.path.join(ROOT, "firmware", "hbkeep"), str(pkg))
+    os.remove(str(pkg / "fastbuf.py"))
+    src = os.path.join(ROOT, "firmware", "hbkeep", "fastbuf.py")
+    built = mpycompile.compile_one(src, "armv6m", str(tmp_path / "out"))
+    shutil.copy(built, str(pkg / "fastbuf.mpy"))
+    code = ("import sys; sys.path.insert(0, '.'); from hbkeep import compat; b = bytearray(b'abc{'); "
+            "compat.upcase(b, 0, 4); print(bytes(b), compat.upcase.__name__)")
+    p = subprocess.run(hostrun.runtime_argv(runtime) + ["-c", code], cwd=str(tmp_path), capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.split() == ["b'ABC{'", "upcase"], p.stdout

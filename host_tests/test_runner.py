@@ -12,7 +12,7 @@ from firmware.hbkeep import compat, runner, wdtpark
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
-from fwproc import runtime  # noqa: F401  (a fixture)
+from fwproc import any_runtime  # noqa: F401  (a fixture)
 from shim import fake_machine, vloop
 from shim.fakenet import FakeConn, FakeNet
 from tools import hostrun
@@ -259,7 +259,7 @@ def test_no_led_where_the_board_has_none(machine):
 
 
 # -- main.py as a process ------------------------------------------------------------------------
-def test_on_a_board_a_config_error_returns_to_the_repl_without_sys_exit(runtime, tmp_path):
+def test_on_a_board_a_config_error_returns_to_the_repl_without_sys_exit(any_runtime, tmp_path):
     # A board runs main.py with no arguments: no exit code, since sys.exit would soft-reset the board
     # and run main.py again. Run it like that, with the files in the current directory.
     (tmp_path / "config.json").write_text('{"beat_ms": -5}')
@@ -267,16 +267,16 @@ def test_on_a_board_a_config_error_returns_to_the_repl_without_sys_exit(runtime,
         (tmp_path / "board.json").write_text(f.read())
     code = ("import sys; sys.path.insert(0, %r); del sys.argv[1:]; "
             "exec(open(%r).read()); print('0 repl_free')" % (FIRMWARE_DIR, os.path.join(FIRMWARE_DIR, "main.py")))
-    r = subprocess.run(hostrun.runtime_argv(runtime) + ["-c", code], cwd=str(tmp_path), capture_output=True,
+    r = subprocess.run(hostrun.runtime_argv(any_runtime) + ["-c", code], cwd=str(tmp_path), capture_output=True,
                        text=True, timeout=60)
     lines = r.stdout.splitlines()
     assert r.returncode == 0, r.stdout + r.stderr
     assert [fields(x)[0] for x in lines] == ["config_error", "repl_free"]
 
 
-def test_a_host_run_keeps_its_exit_code(runtime, tmp_path):
+def test_a_host_run_keeps_its_exit_code(any_runtime, tmp_path):
     cfg = tmp_path / "config.json"
     cfg.write_text('{"beat_ms": -5}')
-    r = subprocess.run(hostrun.command(runtime, str(cfg)), cwd=FIRMWARE_DIR, capture_output=True, text=True,
+    r = subprocess.run(hostrun.command(any_runtime, str(cfg)), cwd=FIRMWARE_DIR, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and fields(r.stdout.splitlines()[0])[0] == "config_error"

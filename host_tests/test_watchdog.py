@@ -13,7 +13,7 @@ from firmware.hbkeep import compat, runner, watchdog, wdtpark
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
-from fwproc import FwProc, runtime  # noqa: F401  (runtime is a fixture)
+from fwproc import FwProc, any_runtime  # noqa: F401  (a fixture)
 from scripted_server import ScriptedServer
 from shim import fake_machine, vloop
 from shim.fakenet import FakeConn, FakeNet
@@ -243,9 +243,9 @@ def fw_cfg(srv):
     return {"port": srv.port, "beat_ms": 100, "stats_ms": 0, "wdt_ms": 400, "connect_timeout_ms": 300}
 
 
-def test_process_fed_while_running_and_parked_through_interrupt_and_soft_reset(runtime):
+def test_process_fed_while_running_and_parked_through_interrupt_and_soft_reset(any_runtime):
     with ScriptedServer() as srv:
-        fw = FwProc(runtime, fw_cfg(srv), board_table=scripted_board(), argv=harness("run"))
+        fw = FwProc(any_runtime, fw_cfg(srv), board_table=scripted_board(), argv=harness("run"))
         with fw:
             srv.accept(timeout=20).start_discard()
             fw.wait_event("connected", timeout=20)
@@ -266,9 +266,9 @@ def test_process_fed_while_running_and_parked_through_interrupt_and_soft_reset(r
             assert fw.proc.wait(timeout=10) == 0
 
 
-def test_process_a_hung_task_starves_the_watchdog(runtime):
+def test_process_a_hung_task_starves_the_watchdog(any_runtime):
     with ScriptedServer() as srv:
-        with FwProc(runtime, fw_cfg(srv), board_table=scripted_board(), argv=harness("hang")) as fw:
+        with FwProc(any_runtime, fw_cfg(srv), board_table=scripted_board(), argv=harness("hang")) as fw:
             srv.accept(timeout=20).start_discard()
             fw.wait_event("connected", timeout=20)
             starving = fw.wait_event("watchdog", timeout=10, where=lambda f: f["state"] == "starving")

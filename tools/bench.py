@@ -1,13 +1,16 @@
 """Speed and memory of the firmware, measured on this machine (`make bench`). Prints key=value lines.
 
-    python3 -m tools.bench [--mib N] [--runtimes micropython,cpython] [--modes raw,framed]
+    python3 -m tools.bench [--mib N] [--runtimes micropython,micropython32,cpython] [--modes raw,framed]
 
 For each runtime and mode, a loopback server pushes data at the firmware's client as fast as TCP takes it,
 in 1 KiB chunks (framed: DATA frames with 1024-byte payloads), and checks every echoed byte: upper-cased,
 complete, in order (beats, which run throughout, are skipped over). Throughput is echoed payload bytes per
 second over the steady part of the run (after the first 10%). On MicroPython the client also reports heap
 bytes allocated per echoed frame with the collector off over at least 10,000 frames, and the heap in use
-after start-up. Last, the total size of the firmware compiled to .mpy for each board architecture.
+after start-up. `micropython32` is the unix port built for i386 (tools/build/mpbin32.py): a board's 4-byte
+object slots and 31-bit small ints, so its heap figures are the ones to compare with a board; it runs the
+firmware deployed as a board gets it, compiled to .mpy with `mpy-cross -march=x86`. Last, the total size of
+the firmware compiled to .mpy for each board architecture and for x86.
 """
 import argparse
 import glob
@@ -29,6 +32,8 @@ from tools.hostrun import runtime_argv
 HERE = os.path.dirname(os.path.abspath(__file__))
 PAYLOAD = 1024
 PATTERN_FRAMES = 64  # distinct payloads, so a reordered or repeated frame is caught
+MICROPYTHONS = ("micropython", "micropython32")
+TAGS = {"micropython": "unix", "micropython32": "unix32", "cpython": "cpython"}
 
 
 def emit(key, value):
@@ -110,9 +115,14 @@ def run_echo(runtime, mode, total, warmup_frames, measure_frames, timeout_s=120)
     with open(cfg_path, "w") as f:
         json.dump(cfg, f)
     argv = runtime_argv(runtime)
-    if runtime == "micropython":
+    firmware = FIRMWARE_DIR
+    if runtime in MICROPYTHONS:
         argv = argv + ["-X", "heapsize=4M"]
-    argv += [os.path.join(HERE, "fwbench.py"), FIRMWARE_DIR, cfg_path,
+    if runtime == "micropython32":
+        # As deployed on a board: .mpy files for this VM's architecture, not sources compiled at import.
+        firmware = os.path.join(work, "mpy")
+        mpycompile.compile_all("x86", firmware)
+    argv += [os.path.join(HERE, "fwbench.py"), firmware, cfg_path,
              os.path.join(BOARDS_DIR, "unix", "board.json"), str(warmup_frames), str(measure_frames)]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     results = {}
@@ -174,7 +184,7 @@ def run_echo(runtime, mode, total, warmup_frames, measure_frames, timeout_s=120)
 
 def mpy_sizes():
     try:
-        for arch in ("xtensawin", "armv6m"):
+        for arch in ("xtensawin", "armv6m", "x86"):
             with tempfile.TemporaryDirectory(prefix="mpy-") as out:
                 emit("mpy_total_bytes_" + arch, sum(size for _, _, size in mpycompile.compile_all(arch, out)))
     except RuntimeError as e:
@@ -184,21 +194,26 @@ def mpy_sizes():
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python3 -m tools.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--mib", type=int, default=256, help="MiB echoed per run (default 256)")
-    ap.add_argument("--runtimes", default="micropython,cpython", help="comma-separated (default: both)")
+    ap.add_argument("--runtimes", default="micropython,micropython32,cpython",
+                    help="comma-separated, of micropython, micropython32, cpython (default: all three)")
     ap.add_argument("--modes", default="raw,framed", help="comma-separated (default: both)")
     ap.add_argument("--frames", type=int, default=10000, help="frames measured for heap figures (>= 10000)")
     args = ap.parse_args(argv)
     emit("machine_cores", os.cpu_count())
     emit("chunk_bytes", PAYLOAD)
-    for runtime in args.runtimes.split(","):
+    runtimes = args.runtimes.split(",")
+    for runtime in runtimes:
+        if runtime not in TAGS:
+            ap.error("--runtimes: unknown runtime %r (known: %s)" % (runtime, ", ".join(TAGS)))
+    for runtime in runtimes:
         for mode in args.modes.split(","):
             # Enough data for the warm-up and the heap window in frames (raw: reads of up to 1 KiB).
             total = max(args.mib << 20, (2000 + args.frames) * PAYLOAD * 2)
             r = run_echo(runtime, mode, total, 2000, args.frames)
-            tag = "%s_%s" % (mode, "unix" if runtime == "micropython" else "cpython")
+            tag = "%s_%s" % (mode, TAGS[runtime])
             emit(tag + "_mb_s", r["mb_s"])
             emit(tag + "_beats_seen", r["hearts_seen"])
-            if runtime == "micropython":
+            if runtime in MICROPYTHONS:
                 unit = "frame" if mode == "framed" else "read"
                 emit("%s_alloc_per_%s_bytes" % (tag, unit), r.get("alloc_per_frame_bytes", "n/a"))
                 emit("%s_alloc_window_%ss" % (tag, unit), r.get("measured_frames", "n/a"))

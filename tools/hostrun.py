@@ -2,6 +2,9 @@
 
     python3 -m tools.hostrun --runtime micropython --config examples/local.json --set beat_ms=1000
 
+Runtimes: `micropython` (the unix port, tools/build/mpbin.py), `micropython32` (the unix port built for
+i386, tools/build/mpbin32.py: a board's 31-bit small ints and 2^30 ms tick), `cpython`.
+
 The config is validated here first (with the firmware's own validator), so a bad key or value is reported
 before anything starts; --set KEY=VALUE overrides one key (VALUE is read as JSON, else as a string;
 `keepalive.idle=1` reaches into the keepalive object). The firmware's event lines go to stdout unchanged.
@@ -17,7 +20,7 @@ import tempfile
 from tools.paths import BOARDS_DIR, FIRMWARE_DIR
 from firmware.hbkeep import config as fw_config  # the firmware's validator, importable thanks to tools.paths
 
-RUNTIMES = ("micropython", "cpython")
+RUNTIMES = ("micropython", "micropython32", "cpython")
 
 
 def parse_set(item):
@@ -55,6 +58,10 @@ def runtime_argv(runtime):
         from tools.build.mpbin import micropython_argv
 
         return micropython_argv()
+    if runtime == "micropython32":
+        from tools.build.mpbin32 import micropython32_argv
+
+        return micropython32_argv()
     raise ValueError("unknown runtime %r (expected one of: %s)" % (runtime, ", ".join(RUNTIMES)))
 
 
@@ -105,7 +112,7 @@ def main(argv=None):
         description="Run the heartbeat firmware on this machine (MicroPython unix port or CPython).",
         epilog="Event lines are described in docs/EVENTS.md, config keys in docs/CONFIG.md.",
     )
-    ap.add_argument("--runtime", choices=RUNTIMES, default="micropython", help="interpreter (default: micropython)")
+    ap.add_argument("--runtime", choices=RUNTIMES, default="micropython", help="interpreter: %s (default: micropython)" % ", ".join(RUNTIMES))
     ap.add_argument("--config", help="JSON config file (default: all defaults)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key; repeatable")
     ap.add_argument("--board", default="unix", help="board table from boards/ (default: unix)")

@@ -135,3 +135,17 @@ def connect_done(sock, addr):
 
 def rand_below(n):
     return random.randrange(n) if n > 0 else 0
+
+
+def net_class(base):
+    """compat.Net on CPython: compat.LwipNet with the host's ways to finish a connect and move bytes."""
+
+    class Net(base):
+        async def connect_finish(self, sock, addr):
+            await wait_writable(sock)
+            connect_done(sock, addr)
+
+        try_read = staticmethod(try_read)
+        try_write = staticmethod(try_write)
+
+    return Net

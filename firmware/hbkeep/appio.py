@@ -8,7 +8,7 @@
 from . import compat, protocol
 from .compat import ticks_ms, sleep_ms
 from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE
-from .events import describe
+from .events import describe, SMALL_INT_MAX
 from .client import R_EOF, R_PROTOCOL, R_RESET
 
 
@@ -37,7 +37,8 @@ async def send(client, payload):
         if hk == HEADER_SIZE or hdr is None:
             pk = net.try_write(sock, payload, 0, n)
             if pk == n:
-                client.stats.app_tx += 1
+                st = client.stats
+                st.app_tx = (st.app_tx + 1) & SMALL_INT_MAX
                 return True
     except OSError as e:
         client._abort(R_RESET, compat.errno_name(e))
@@ -65,7 +66,8 @@ async def _finish(client, sock, hdr, hk, payload, pk):
             # nothing else can write between the header and the payload.
             client._hold_tx()
         await client._send_rest(sock, payload, pk, len(payload) - pk, True)
-        client.stats.app_tx += 1
+        st = client.stats
+        st.app_tx = (st.app_tx + 1) & SMALL_INT_MAX
         ok = True
     except OSError as e:
         client._abort(R_RESET, compat.errno_name(e))
@@ -128,7 +130,8 @@ def deliver(client, buf, n, handler):
 
 def _call(client, handler, payload):
     # A failing handler costs that payload only: an event, and the link goes on.
-    client.stats.app_rx += 1
+    st = client.stats
+    st.app_rx = (st.app_rx + 1) & SMALL_INT_MAX
     try:
         handler(payload)
     except Exception as e:

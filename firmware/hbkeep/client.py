@@ -40,12 +40,13 @@ class Client:
         self.cfg = config
         cfg = self.cfg  # the declared type, so that the reads below are checked too
         self.board = board
-        self.net = net or compat.Net()
+        self.net = net or compat.Net(board)
         self.ev = events or Events(verbose=cfg.verbose, secret=cfg.wifi_password)
         self.stats = Stats()
         self.framed = cfg.mode == "framed"
         self.link = Link(
-            cfg.beat_ms, cfg.peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms, beats=self.framed
+            cfg.beat_ms, cfg.peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms, beats=self.framed,
+            beats_unacked_max=(board.get("socket") or {}).get("beats_unacked_max"),
         )
         # Buffers allocated once for the life of the client.
         size = cfg.rx_buf
@@ -263,8 +264,9 @@ class Client:
         """Send one HEART; False when that found the connection broken (the session is then ending)."""
         # The supervisor itself never waits on a blocked write, or it would stop supervising exactly
         # when the link is stuck: what the socket does not take now is finished by a task of its own.
-        if self._tx_busy:
-            # Mid-frame or backed up: a beat now would land inside a frame or only queue.
+        if self._tx_busy or self.link.beats_held():
+            # Mid-frame or backed up: a beat now would land inside a frame or only queue. Or the port's
+            # budget of writes the peer has not answered is spent (rp2: docs/PORTS.md).
             self.stats.beats_skipped += 1
             return True
         try:
@@ -272,6 +274,7 @@ class Client:
         except OSError as e:  # the beat found the connection broken before a read did
             self._abort(R_RESET, compat.errno_name(e))
             return False
+        self.link.beat_written()
         if k < HEADER_SIZE:
             self._hold_tx()  # before anything else can write: the beat must finish first
             self._beat_task = compat.create_task(self._finish_beat(sock, k))
@@ -364,8 +367,7 @@ class Client:
             rest = self._send(sock, buf, 0, n)
             if rest is not None:
                 await rest
-            st.frames_echoed += 1
-            st.bytes_echoed += n
+            st.echoed(n)
             if verbose:
                 self.ev.emit("echo", "bytes", n)
             # While data never stops, reads never wait, so yield to the supervisor and other tasks --
@@ -404,8 +406,7 @@ class Client:
                 if ev == FRAME_IN_PLACE and dec.type == DATA:
                     s = dec.start + HEADER_SIZE  # == pos + HEADER_SIZE: in place means at pos
                     upcase(buf, s, s + dec.length)
-                    st.frames_echoed += 1
-                    st.bytes_echoed += dec.length
+                    st.echoed(dec.length)
                     if verbose:
                         self.ev.emit("echo", "bytes", dec.length)
                     pos = nxt  # joins the run
@@ -427,8 +428,7 @@ class Client:
                     rest = self._send(sock, dec.frame, 0, total)
                     if rest is not None:
                         await rest
-                    st.frames_echoed += 1
-                    st.bytes_echoed += dec.length
+                    st.echoed(dec.length)
                     if verbose:
                         self.ev.emit("echo", "bytes", dec.length)
                 elif ev != NEED_MORE:

@@ -10,6 +10,9 @@ import errno
 MICROPYTHON = sys.implementation.name == "micropython"
 # "esp32", "rp2", "linux"...: which MicroPython port, for the start event; "cpython" on the host.
 RUNTIME = ("micropython-" + sys.platform) if MICROPYTHON else "cpython"
+# Whose socket layer this is: a board table's "socket" answers apply only where its "port" runs (a board
+# table tried on the host still meets the host's sockets).
+PORT = sys.platform
 
 import asyncio  # noqa: E402  (after the runtime test, on purpose)
 import socket  # noqa: E402
@@ -20,10 +23,26 @@ Event = asyncio.Event
 create_task = asyncio.create_task
 run = asyncio.run
 
+def stream_try_read(sock, buf):
+    # MicroPython's socket streams (every port): > 0 bytes read, 0 at EOF, -1 when nothing is there yet
+    # (readinto answers None on a non-blocking socket with no data). A reset raises OSError.
+    n = sock.readinto(buf)
+    return -1 if n is None else n
+
+
+def stream_try_write(sock, buf, off, n):
+    # Bytes written (0 when the send buffer is full: write answers None). The 4-argument write takes an
+    # offset, so no memoryview slice is allocated per frame.
+    k = sock.write(buf, off, n)
+    return 0 if k is None else k
+
+
 if MICROPYTHON:
     try:
         from .fastbuf import upcase, copy_bytes  # viper: ports built with the native emitter
-    except (ImportError, SyntaxError):
+    except (ImportError, SyntaxError, ValueError):
+        # ValueError: a fastbuf.mpy built for another architecture, or a newer .mpy version than this
+        # firmware loads ("incompatible .mpy file"); the plain loop is slower but always right.
 
         def upcase(buf, start, end):
             # Plain Python, a-z only: exactly C toupper() in the C locale.
@@ -85,28 +104,8 @@ if MICROPYTHON:
     def wait_writable(sock):
         yield _ioq.queue_write(sock)
 
-    def try_read(sock, buf):
-        # > 0 bytes read, 0 at EOF, -1 when nothing is there yet. A reset raises OSError.
-        n = sock.readinto(buf)
-        return -1 if n is None else n
-
-    def try_write(sock, buf, off, n):
-        # Bytes written (0 when the send buffer is full). The 4-argument write takes an offset, so
-        # no memoryview slice is allocated per frame.
-        k = sock.write(buf, off, n)
-        return 0 if k is None else k
-
-    # MicroPython's errno module lacks EISCONN; its own error numbers follow Linux (py/mperrno.h).
-    _EISCONN = getattr(errno, "EISCONN", 106)
-
-    def _connect_done(sock, addr):
-        # MicroPython has no getsockopt(SO_ERROR); a second connect() reports the outcome instead:
-        # success (or EISCONN) once connected, the pending error (e.g. ECONNREFUSED) otherwise.
-        try:
-            sock.connect(addr[3])
-        except OSError as e:
-            if e.errno != _EISCONN:
-                raise
+    try_read = stream_try_read
+    try_write = stream_try_write
 
     try:
         import random
@@ -124,8 +123,8 @@ else:
     # compiled into a board's .mpy files.
     from ._cpython import (  # noqa: F401
         upcase, copy_bytes, ticks_ms, ticks_diff, ticks_add, sleep_ms, wait_for_ms, write_line,
-        mem_alloc, mem_free, collect, block_ms, forget_module, new_loop, wait_readable, wait_writable, try_read, try_write, rand_below,
-        connect_done as _connect_done,
+        mem_alloc, mem_free, collect, block_ms, forget_module, new_loop, wait_readable, wait_writable,
+        try_read, try_write, rand_below,
     )
 
 
@@ -146,19 +145,86 @@ def load_json(path):
         return json.load(f)
 
 
+
+
+def exit_status(rc):
+    """Hand main()'s result to whoever started us. A host tool (tools.hostrun passes the config and board
+    paths as arguments) gets it as the exit status. A board starts main.py with no arguments, and there a
+    SystemExit counts as a forced exit: the soft reset runs main.py again, so a config error would loop
+    forever. There we return: the error is already printed and the REPL is free."""
+    if rc and len(sys.argv) > 1:
+        sys.exit(rc)
+
+
+# -- errno names --------------------------------------------------------------------------------------
+# A port's errno module names only a short list (EISCONN is not in it on any port), and the numbers differ
+# between newlib (esp32), MicroPython's own table (rp2) and Linux (unix, CPython). The board table's
+# "errno_names" gives the names for the numbers its socket layer raises; Net(board) installs them here.
+_port_names = {}  # type: dict[int, str]
+
+
 def errno_name(e):
     # "ECONNREFUSED" rather than 111: the numbers differ between lwIP and Linux.
     n = e.args[0] if e.args else 0
     if isinstance(n, int):
-        return errno.errorcode.get(n, "E%d" % n)
+        name = _port_names.get(n)
+        if name is None:
+            name = errno.errorcode.get(n, None) if hasattr(errno, "errorcode") else None
+        return name or "E%d" % n
     return str(n)
 
 
-class Net:
-    """Real sockets. Tests pass a scripted stand-in with the same methods (host_tests/shim)."""
+# Host defaults (Linux numbers) for a board table without a "socket" section.
+_HOST_SOCKET = {  # type: dict
+    "pending": [getattr(errno, "EINPROGRESS", 115), errno.EAGAIN],
+    "isconn": [getattr(errno, "EISCONN", 106)],
+    "already": [getattr(errno, "EALREADY", 114)],
+    "refused": [getattr(errno, "ECONNREFUSED", 111)],
+}
+CONNECT_POLL_MS = 20  # between checks of a connect the port still reports in progress
+
+
+class LwipNet:
+    """Sockets as MicroPython's ports present them (lwIP on boards, the unix port's own): non-blocking
+    stream calls, and a non-blocking connect finished by a second connect() whose answer, per port, is in
+    the board table's "socket" section (used where its "port", a sys.platform name, is the one running):
+
+      pending  errnos of the first connect() that mean "started" (EINPROGRESS, EAGAIN)
+      isconn   errnos of the second connect() that mean "connected": EISCONN, 127 on esp32 (newlib), 106 on
+               rp2 and Linux. (The unix port, like Linux, may also return normally once.)
+      already  errnos that mean "still connecting" (EALREADY): wait and ask again. rp2 before 1.25 polls a
+               connecting socket writable at once, so this is met on every attempt there.
+      refused  errnos a failed attempt reads as: esp32 ENOTCONN (lwIP's ERR_CLSD), rp2 EBADF (the error
+               callback freed the pcb), unix ECONNREFUSED. Reported as ECONNREFUSED with the port's errno.
+      write_max  bytes handed to one write() call (null: no cap). See docs/PORTS.md for why rp2 has one.
+      errno_names  {"number": "NAME"} for the numbers the port's socket layer raises.
+
+    On the host, tests pass a scripted stand-in with the same methods (host_tests/shim, host_tests/portmodel)."""
+
+    def __init__(self, board=None, port=PORT):
+        sk = (board or {}).get("socket") or _HOST_SOCKET
+        if sk.get("port") != port:
+            sk = _HOST_SOCKET
+        self.pending = tuple(sk.get("pending") or _HOST_SOCKET["pending"])
+        self.isconn = tuple(sk.get("isconn") or _HOST_SOCKET["isconn"])
+        self.already = tuple(sk.get("already") or _HOST_SOCKET["already"])
+        self.refused = tuple(sk.get("refused") or _HOST_SOCKET["refused"])
+        _port_names.clear()
+        names = sk.get("errno_names") or {}
+        for k in names:
+            _port_names[int(k)] = names[k]
+        cap = sk.get("write_max")
+        if cap:
+            raw = self.try_write
+
+            def capped(sock, buf, off, n):
+                return raw(sock, buf, off, n if n <= cap else cap)
+
+            self.try_write = capped
 
     def resolve(self, host, port):
-        # Blocking on every port (PORT_FACTS): the client calls this once and caches the result.
+        # Blocking on every port (rp2 busy-polls, seconds per DNS server): the client calls this only while
+        # the link is up, once, and caches the result.
         ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
         return (ai[0], ai[1], ai[2], ai[-1])
 
@@ -168,8 +234,8 @@ class Net:
         return s
 
     def link_up(self):
-        # Replaced on boards by the Wi-Fi module's check: resolving or connecting while the station
-        # has no IP only blocks (PORT_FACTS: DNS busy-polls on rp2).
+        # Replaced on boards by the Wi-Fi station's check: resolving or connecting while the station has no
+        # IP only blocks.
         return True
 
     def addr_str(self, addr):
@@ -188,12 +254,26 @@ class Net:
         try:
             sock.connect(addr[3])
         except OSError as e:
-            if e.args[0] not in (errno.EINPROGRESS, errno.EAGAIN):
+            if e.args[0] not in self.pending:
                 raise
 
     async def connect_finish(self, sock, addr):
-        await wait_writable(sock)
-        _connect_done(sock, addr)
+        # No port has getsockopt(SO_ERROR) from Python: a second connect() reports the outcome. The caller
+        # bounds the whole wait (connect_timeout_ms).
+        while True:
+            await self.wait_writable(sock)
+            try:
+                sock.connect(addr[3])
+                return  # the unix port, like Linux, answers success once
+            except OSError as e:
+                n = e.args[0]
+                if n in self.isconn:
+                    return
+                if n in self.refused:
+                    raise OSError(errno.ECONNREFUSED, errno_name(e))
+                if n not in self.already:
+                    raise
+            await sleep_ms(CONNECT_POLL_MS)  # still connecting, and the poller may say so at once
 
     def close(self, sock):
         try:
@@ -201,7 +281,17 @@ class Net:
         except OSError:
             pass
 
-    try_read = staticmethod(try_read)
-    try_write = staticmethod(try_write)
+    try_read = staticmethod(stream_try_read)
+    try_write = staticmethod(stream_try_write)
     wait_readable = staticmethod(wait_readable)
     wait_writable = staticmethod(wait_writable)
+
+
+if MICROPYTHON:
+    Net = LwipNet
+else:
+    # CPython finishes a connect with getsockopt(SO_ERROR) and moves bytes with send/recv_into; that
+    # subclass lives in _cpython.py, so a board's compat.mpy carries none of it.
+    from ._cpython import net_class
+
+    Net = net_class(LwipNet)  # type: ignore[misc]

@@ -34,6 +34,9 @@ KEEPALIVE_SPEC = {
     "cnt": (INT, 3, 1, 127),
 }
 
+# 2^29 ms: the longest span time.ticks_diff() can tell and ticks_add() accepts (docs/PORTS.md).
+TICKS_SPAN_MAX = 1 << 29
+
 # Only used on boards. Values are never printed, not even in errors.
 WIFI_KEYS = ("ssid", "password")
 
@@ -106,6 +109,20 @@ class Config:
             setattr(self, name, _check(name, spec, user[name]) if name in user else spec[1])
         self._keepalive(user.get("keepalive", {}))
         self._wifi(user.get("wifi"))
+        self._ticks_limits()
+
+    def _ticks_limits(self):
+        # A board's millisecond tick wraps at 2^30: ticks_diff() answers only within +-2^29 and
+        # ticks_add() raises OverflowError from 2^29 on. A span the firmware measures with ticks must stay
+        # below that (about 6.2 days), or a silence would never be judged, or adding it would raise.
+        # Single keys are bounded by their ranges; these are the products.
+        peer_miss = self.peer_miss
+        beat_ms = self.beat_ms
+        span = peer_miss * beat_ms
+        if span >= TICKS_SPAN_MAX:
+            raise ConfigError(
+                "peer_miss x beat_ms: %d x %d = %d ms, must be below %d ms (2^29, the longest span a board's "
+                "2^30 ms tick can measure); lower peer_miss or beat_ms" % (peer_miss, beat_ms, span, TICKS_SPAN_MAX))
 
     def _keepalive(self, ka):
         self.keepalive = ka is not False

@@ -32,7 +32,13 @@ class Events:
         self.write(" ".join(parts))
 
 
+SMALL_INT_MAX = 0x3FFFFFFF  # 2^30 - 1: the largest small int on a 32-bit board; past it an int is a heap object
+
+
 class Stats:
+    # Counters that grow per frame or per byte are kept as two small ints (count mod 2^30, and how many
+    # times it wrapped): a single counter would pass 2^30 after 1 GiB echoed and then allocate a big int on
+    # every increment on a board. Counters that grow per connection or per beat stay plain.
     def __init__(self):
         self.attempts = 0
         self.connects = 0
@@ -41,11 +47,30 @@ class Stats:
         self.beats_sent = 0
         self.beats_skipped = 0  # due while the write side was held: a beat would only have queued
         self.hearts_received = 0
-        self.frames_echoed = 0
-        self.bytes_echoed = 0
+        self.frames_echoed = 0  # mod 2^30; frames_echoed_wraps counts the wraps
+        self.frames_echoed_wraps = 0
+        self.bytes_echoed = 0  # mod 2^30; bytes_echoed_wraps counts the wraps
+        self.bytes_echoed_wraps = 0
         self.protocol_errors = 0
-        self.app_rx = 0  # DATA payloads handed to the application's handler
-        self.app_tx = 0  # frames the application sent with Client.send
+        # DATA payloads handed to the application's handler, frames it sent with Client.send: both wrap
+        # at 2^30 (appio.py bumps them masked), so they never become heap objects.
+        self.app_rx = 0
+        self.app_tx = 0
+
+    def echoed(self, nbytes):
+        # Compared before adding, so that no intermediate value passes SMALL_INT_MAX either.
+        f = self.frames_echoed
+        if f == SMALL_INT_MAX:
+            self.frames_echoed = 0
+            self.frames_echoed_wraps += 1
+        else:
+            self.frames_echoed = f + 1
+        room = SMALL_INT_MAX - self.bytes_echoed
+        if nbytes > room:
+            self.bytes_echoed = nbytes - room - 1
+            self.bytes_echoed_wraps += 1
+        else:
+            self.bytes_echoed += nbytes
 
     @staticmethod
     def _bump(table, key):
@@ -71,8 +96,8 @@ class Stats:
             "beats_sent", self.beats_sent,
             "beats_skipped", self.beats_skipped,
             "hearts_rx", self.hearts_received,
-            "frames_echoed", self.frames_echoed,
-            "bytes_echoed", self.bytes_echoed,
+            "frames_echoed", (self.frames_echoed_wraps << 30) + self.frames_echoed,
+            "bytes_echoed", (self.bytes_echoed_wraps << 30) + self.bytes_echoed,
             "protocol_errors", self.protocol_errors,
             "app_rx", self.app_rx,
             "app_tx", self.app_tx,

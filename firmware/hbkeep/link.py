@@ -22,13 +22,20 @@ STALLED = 3  # our writes stayed blocked for limit_ms: end the connection
 
 
 class Link:
-    def __init__(self, beat_ms, peer_timeout=AUTO, peer_miss=3, retry_ms=100, backoff_max_ms=0, beats=True):
+    def __init__(self, beat_ms, peer_timeout=AUTO, peer_miss=3, retry_ms=100, backoff_max_ms=0, beats=True,
+                 beats_unacked_max=0):
         self.beat_ms = beat_ms
         # A link that sends no beats (raw mode) gives the peer nothing to answer, so under `auto` a
         # merely idle server would count as silent: there `auto` means off. `strict` still applies.
         if not beats and peer_timeout == AUTO:
             peer_timeout = OFF
         self.beats = beats
+        # Beats written since the peer was last heard, and the most the port takes without harm (0: no
+        # limit). On rp2 every write of a beat queues one lwIP pbuf until acknowledged; past lwIP's queue
+        # length a write() blocks for up to 10 s inside the call (docs/PORTS.md). A peer we hear from is
+        # acknowledging; one we do not hear from gets no more beats than this.
+        self.beats_unacked_max = beats_unacked_max or 0
+        self.beats_unheard = 0
         self.mode = peer_timeout
         self.limit_ms = peer_miss * beat_ms
         self.wait = 0  # set by decide(): ms until the next decision is needed
@@ -45,14 +52,23 @@ class Link:
         self.next_beat = ticks_add(now, self.beat_ms)
         self.tx_blocked_at = NEVER
         self.paused_at = NEVER  # the receiver is waiting on a write of its own since then
+        self.beats_unheard = 0
 
     def received(self, now):
         # Keepalive runs on the last thing *received*: a peer that only reads is not alive for us.
         self.last_rx = now
         self.heard = True
+        self.beats_unheard = 0
 
     def beat_due(self, now):
         return ticks_diff(now, self.next_beat) >= 0
+
+    def beats_held(self):
+        """True while a beat must not be written: the port's unacknowledged-write budget is spent."""
+        return self.beats_unacked_max > 0 and self.beats_unheard >= self.beats_unacked_max
+
+    def beat_written(self):
+        self.beats_unheard += 1
 
     def beat_sent(self, now):
         nxt = ticks_add(self.next_beat, self.beat_ms)
@@ -148,8 +164,13 @@ class Link:
         if self.backoff_max_ms <= 0:
             return self.retry_ms  # the seed's fixed 100 ms
         # Capped exponential backoff with full jitter: spreads a fleet that lost its server at once.
-        n = self.failures if self.failures < 24 else 24
-        cap = self.retry_ms << n
+        # Doubled step by step and stopped at the cap: retry_ms << failures would pass 2^30 and allocate a
+        # big int on a board (small ints are 31 bits there).
+        cap = self.retry_ms
+        n = self.failures
+        while n > 0 and cap < self.backoff_max_ms:
+            cap += cap
+            n -= 1
         if cap > self.backoff_max_ms:
             cap = self.backoff_max_ms
         return rand_below(cap + 1)

@@ -97,7 +97,7 @@ def main(config_path="config.json", board_path="board.json", app=None, on_data=N
         return BAD_FILE
     from .client import Client  # after the config is known good: less heap on a failed start
 
-    client = Client(cfg, board)
+    client = Client(cfg, board, compat.Net(board))  # the port's socket answers from the board table
     if on_data is not None:
         client.on_data = on_data
     return Firmware(cfg, board, client, app).run()

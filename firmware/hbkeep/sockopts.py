@@ -1,7 +1,7 @@
 # TCP keepalive and TCP_NODELAY "where the port supports them", decided by the board's capability table
 # (boards/<name>/board.json, deployed as board.json) -- never by passing raw numbers to a port that
 # lacks an option: esp32 and rp2 print a warning and ignore unknown ones, and on esp32 some raw lwIP
-# numbers land on unrelated options (PORT_FACTS.md).
+# numbers land on unrelated options (docs/PORTS.md).
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
     from .config import Config

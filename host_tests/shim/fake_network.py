@@ -1,7 +1,7 @@
 """A stand-in for MicroPython's `network` module: a station whose status() the test scripts.
 
 Status numbers are deliberately not any port's real ones: the firmware must compare only with the
-STAT_* names (PORT_FACTS.md), and odd numbers here catch a comparison with a literal."""
+STAT_* names (docs/PORTS.md), and odd numbers here catch a comparison with a literal."""
 import types
 
 STA_IF = 0
@@ -25,6 +25,8 @@ def make_module():
             self.active_state = False
             self.configured = {}
             self.connects = []
+            self.disconnects = 0
+            self.connect_errors = []  # OSErrors the next connect() calls raise, in order
             self.statuses = [mod.STAT_IDLE]  # scripted: status() pops until one is left
             WLAN.instances.append(self)
 
@@ -36,11 +38,20 @@ def make_module():
 
         def connect(self, ssid, password):
             self.connects.append((ssid, password))
+            if self.connect_errors:
+                raise self.connect_errors.pop(0)
+
+        def disconnect(self):
+            self.disconnects += 1
 
         def status(self):
             if len(self.statuses) > 1:
                 return self.statuses.pop(0)
             return self.statuses[0]
+
+        def ipconfig(self, key):
+            assert key == "addr4"
+            return ("192.0.2.7", "255.255.255.0")
 
         def ifconfig(self):
             return ("192.0.2.7", "255.255.255.0", "192.0.2.1", "192.0.2.1")
