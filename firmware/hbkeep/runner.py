@@ -2,102 +2,45 @@
 # of one's own on top of the link (docs/APP.md): main(app=..., on_data=...).
 #
 # Order: the stop switches (a `noboot` file, a pin held at boot) before anything can fail; then the
-# board table and the config (a bad one is one line and the end, with the REPL free); then the services
-# -- Wi-Fi, watchdog, status LED, the application, the client -- each restarted after an exception with
-# a pause that grows while it keeps failing. Only an interrupt (Ctrl-C, mpremote) ends the firmware.
+# board table and the config (a bad one is one line and the end, with the REPL free) -- all of that in
+# start.py, which leaves the heap once done; then the services -- Wi-Fi, watchdog, status LED, the
+# application, the client -- each restarted after an exception with a pause that grows while it keeps
+# failing. Only an interrupt (Ctrl-C, mpremote) ends the firmware.
 from . import compat
 from .events import describe
 
-NOBOOT_FILE = "noboot"  # at the root of the board's flash: main.py starts nothing
 PAUSE_FIRST_MS = 1000
 PAUSE_MAX_MS = 60000
 STEADY_MS = 60000  # a service that ran this long before failing starts again from the first pause
-
-# Exit codes for host runs (a board ignores them)
-OK = 0
-BAD_FILE = 2
+OK = 0  # exit code of a host run after an interrupt (a board ignores it)
 
 
 def next_pause(pause):
     return PAUSE_FIRST_MS if pause == 0 else (pause * 2 if pause * 2 < PAUSE_MAX_MS else PAUSE_MAX_MS)
 
 
-def _line(body):
-    compat.write_line("%s %s" % (compat.ticks_ms(), body))
-
-
-def _exists(path):
-    import os
-
-    try:
-        os.stat(path)
-        return True
-    except OSError:
-        return False
-
-
-def boot_hold(board):
-    """True when the board's boot_hold_pin is at boot_hold_level (default 0: pulled up, held to GND)."""
-    pin = board.get("boot_hold_pin")
-    if pin is None:
-        return False
-    if not compat.machine_has("Pin"):
-        _line("autostart hold_pin=%s state=unreadable reason=no_pins_on_this_runtime" % pin)
-        return False
-    import machine
-
-    level = board.get("boot_hold_level", 0)
-    pull = machine.Pin.PULL_UP if level == 0 else machine.Pin.PULL_DOWN
-    return machine.Pin(pin, machine.Pin.IN, pull).value() == level
-
-
 class Settings:
     """The validated config as plain attributes, free of the validator's class and module."""
 
 
-def detach(cfg):
-    s = Settings()
-    for name in dir(cfg):
-        if name[0] != "_":
-            v = getattr(cfg, name)
-            if not callable(v):
-                setattr(s, name, v)
-    return s
+def prepare(config_path, board_path):
+    """start.prepare(): (cfg, board, client), or the exit code when nothing is to start. The start-up
+    module is forgotten when it returns (no frame of ours holds it any more), so its code leaves the heap."""
+    from . import start
 
-
-def load_settings(path):
-    """The validated config (config.ConfigError, a ValueError, when it is not); the validator's module
-    then leaves the heap, since nothing needs it again."""
-    from .config import load
-
-    cfg = detach(load(path))
-    compat.forget_module("config")
-    return cfg
+    got = start.prepare(config_path, board_path)
+    compat.forget_module("start")
+    return got
 
 
 def main(config_path="config.json", board_path="board.json", app=None, on_data=None):
     """Run the firmware until interrupted. app: an async function taking the Client, run beside it;
     on_data: the handler for received DATA payloads (default: the upper-case echo). Returns the exit
     code of a host run: 0 after an interrupt or a stop switch, 2 for a bad board or config file."""
-    if _exists(NOBOOT_FILE):
-        _line("autostart state=off reason=noboot_file")
-        return OK
-    try:
-        board = compat.load_json(board_path)
-    except (OSError, ValueError) as e:
-        _line("board_error path=%s error=%s" % (board_path, str(e).replace(" ", "_")))
-        return BAD_FILE
-    if boot_hold(board):
-        _line("autostart state=off reason=boot_hold_pin pin=%s" % board["boot_hold_pin"])
-        return OK
-    try:
-        cfg = load_settings(config_path)
-    except ValueError as e:  # config.ConfigError
-        _line("config_error %s" % str(e).replace("\n", " "))
-        return BAD_FILE
-    from .client import Client  # after the config is known good: less heap on a failed start
-
-    client = Client(cfg, board, compat.Net(board))  # the port's socket answers from the board table
+    got = prepare(config_path, board_path)
+    if isinstance(got, int):
+        return got
+    cfg, board, client = got
     if on_data is not None:
         client.on_data = on_data
     return Firmware(cfg, board, client, app).run()

@@ -1,0 +1,79 @@
+# Start-up, run once by runner.main and then forgotten, so that its code leaves the heap: the stop
+# switches, the board table, the config, the client.
+from . import compat
+from .runner import Settings, OK
+
+NOBOOT_FILE = "noboot"  # at the root of the board's flash: main.py starts nothing
+BAD_FILE = 2  # exit code of a host run with a bad board or config file (a board ignores it)
+
+
+def _line(body):
+    compat.write_line("%s %s" % (compat.ticks_ms(), body))
+
+
+def _exists(path):
+    import os
+
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def boot_hold(board):
+    """True when the board's boot_hold_pin is at boot_hold_level (default 0: pulled up, held to GND)."""
+    pin = board.get("boot_hold_pin")
+    if pin is None:
+        return False
+    if not compat.machine_has("Pin"):
+        _line("autostart hold_pin=%s state=unreadable reason=no_pins_on_this_runtime" % pin)
+        return False
+    import machine
+
+    level = board.get("boot_hold_level", 0)
+    pull = machine.Pin.PULL_UP if level == 0 else machine.Pin.PULL_DOWN
+    return machine.Pin(pin, machine.Pin.IN, pull).value() == level
+
+
+def detach(cfg):
+    s = Settings()
+    for name in dir(cfg):
+        if name[0] != "_":
+            v = getattr(cfg, name)
+            if not callable(v):
+                setattr(s, name, v)
+    return s
+
+
+def load_settings(path):
+    """The validated config (config.ConfigError, a ValueError, when it is not); the validator's module
+    then leaves the heap, since nothing needs it again."""
+    from .config import load
+
+    cfg = detach(load(path))
+    compat.forget_module("config")
+    return cfg
+
+
+def prepare(config_path, board_path):
+    """(cfg, board, client) ready to run, or the exit code when nothing is to start."""
+    if _exists(NOBOOT_FILE):
+        _line("autostart state=off reason=noboot_file")
+        return OK
+    try:
+        board = compat.load_json(board_path)
+    except (OSError, ValueError) as e:
+        _line("board_error path=%s error=%s" % (board_path, str(e).replace(" ", "_")))
+        return BAD_FILE
+    if boot_hold(board):
+        _line("autostart state=off reason=boot_hold_pin pin=%s" % board["boot_hold_pin"])
+        return OK
+    try:
+        cfg = load_settings(config_path)
+    except ValueError as e:  # config.ConfigError
+        _line("config_error %s" % str(e).replace("\n", " "))
+        return BAD_FILE
+    from .client import Client  # after the config is known good: less heap on a failed start
+
+    return cfg, board, Client(cfg, board, compat.Net(board))  # the port's socket answers from the table
