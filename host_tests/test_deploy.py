@@ -1,0 +1,284 @@
+"""tools.deploy end to end against the simulated board, with the real (pinned) mpremote: the files on its
+flash, a power cycle that boots main.py and beats to a local server, mpremote taking the REPL from the
+running firmware, a second deploy that copies nothing, --run; and the clear errors (bad config before
+anything is touched, no device, not a MicroPython REPL, too old a firmware, not enough flash)."""
+import glob
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from simboard_proc import SimBoardProc
+from test_hbserver_firmware import ServerProc
+
+from tools.deploy import plan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECRET = "pa55-not-for-logs"
+
+
+def deploy(*args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "tools.deploy", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def write_config(tmp_path, cfg, name="config.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def flash_files(flash):
+    return sorted(os.path.relpath(p, flash) for p in glob.glob(os.path.join(flash, "**", "*"), recursive=True)
+                  if os.path.isfile(p))
+
+
+def test_deploy_power_cycle_repl_and_a_second_deploy(tmp_path):
+    srv = ServerProc("--tick-ms", "200", "--offline-ticks", "10", "--summary-ms", "0", "--verbose")
+    try:
+        cfg = {"host": "127.0.0.1", "port": srv.port, "beat_ms": 200, "stats_ms": 0,
+               "wifi": {"ssid": "lab", "password": SECRET}}
+        config = write_config(tmp_path, cfg)
+        with SimBoardProc(tmp_path / "flash") as sb:
+            r = deploy("--board", "unix", "--port", sb.port, "--config", config)
+            assert r.returncode == 0, r.stderr + r.stdout
+            assert SECRET not in r.stdout + r.stderr
+            n = len(plan.package_sources()) + len(plan.boot_files()) + 2
+            assert "%d to copy, 0 unchanged" % n in r.stdout and "[%d/%d]" % (n, n) in r.stdout  # progress
+
+            # On its flash: main.py as source, the package as .mpy for the board's arch, the settings.
+            flash = sb.flash
+            modules = sorted(os.path.basename(p)[:-3] for p in plan.package_sources())
+            assert "_cpython" not in modules and "protocol" in modules  # host-only modules stay off the board
+            assert "main.py" in plan.boot_files()
+            assert flash_files(flash) == sorted(plan.boot_files() + ["config.json", "board.json"] +
+                                                ["hbkeep/%s.mpy" % m for m in modules])
+            with open(os.path.join(ROOT, "firmware", "main.py"), "rb") as f:
+                assert (tmp_path / "flash" / "main.py").read_bytes() == f.read()
+            assert json.loads((tmp_path / "flash" / "config.json").read_text()) == cfg
+            with open(os.path.join(ROOT, "boards", "unix", "board.json")) as f:
+                assert json.loads((tmp_path / "flash" / "board.json").read_text()) == json.load(f)
+            for m in modules:
+                head = (tmp_path / "flash" / "hbkeep" / (m + ".mpy")).read_bytes()[:2]
+                assert head == b"M\x06"
+
+            # The reset at the end boots main.py, which beats to the server.
+            first = srv.wait("online", timeout=30)
+            srv.wait("beat", where=lambda e: e["client"] == first["client"])
+
+            # A power cycle: the old connection goes, main.py boots again and beats from a new one.
+            sb.command("power")
+            srv.wait("offline", timeout=30, where=lambda e: e["client"] == first["client"])
+            second = srv.wait("online", timeout=30, where=lambda e: e["client"] != first["client"])
+            srv.wait("beat", where=lambda e: e["client"] == second["client"])
+
+            # mpremote takes the REPL from the running firmware (Ctrl-C, raw REPL, soft reset).
+            r = sb.mpremote("eval", "1 + 1")
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.strip() == "2"
+            srv.wait("offline", timeout=30, where=lambda e: e["client"] == second["client"])
+
+            # A second deploy with nothing changed copies nothing (the files keep their times).
+            before = {p: os.stat(os.path.join(flash, p)).st_mtime_ns for p in flash_files(flash)}
+            r = deploy("--board", "unix", "--port", sb.port, "--config", config)
+            assert r.returncode == 0, r.stderr + r.stdout
+            assert "0 to copy, %d unchanged" % n in r.stdout and "[1/" not in r.stdout
+            assert {p: os.stat(os.path.join(flash, p)).st_mtime_ns for p in flash_files(flash)} == before
+            srv.wait("online", timeout=30, where=lambda e: e["client"] not in (first["client"], second["client"]))
+    finally:
+        assert srv.stop() == 0
+
+
+def test_run_stays_attached_and_prints_the_event_lines(tmp_path):
+    srv = ServerProc("--tick-ms", "200", "--offline-ticks", "10", "--summary-ms", "0", "--verbose")
+    try:
+        config = write_config(tmp_path, {"host": "127.0.0.1", "port": srv.port, "beat_ms": 200, "stats_ms": 0,
+                                         "wifi": {"ssid": "lab", "password": SECRET}})
+        with SimBoardProc(tmp_path / "flash") as sb:
+            p = subprocess.Popen([sys.executable, "-u", "-m", "tools.deploy", "--board", "unix", "--port", sb.port,
+                                  "--config", config, "--source", "--run"],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            lines = []
+            q = queue.Queue()
+            threading.Thread(target=lambda: [q.put(ln) for ln in p.stdout] + [q.put(None)], daemon=True).start()
+            try:
+                deadline = time.monotonic() + 60
+                while not any(" connected " in ln for ln in lines):
+                    line = q.get(timeout=max(0.1, deadline - time.monotonic()))  # bounded
+                    assert line is not None, "deploy --run ended: %s" % lines
+                    lines.append(line)
+                # After the deploy's own lines, the board's event lines: `<ms> <event> key=value...`.
+                events = [ln.split() for ln in lines if ln[:1].isdigit()]
+                assert "connected" in [e[1] for e in events], lines
+                p.send_signal(signal.SIGINT)
+                p.wait(timeout=30)
+                rest = ""
+                while True:  # the reader thread has the rest of the output, up to its end (None)
+                    line = q.get(timeout=30)
+                    if line is None:
+                        break
+                    rest += line
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(timeout=10)
+            assert p.returncode == 0, rest
+            assert "detached" in rest
+            assert SECRET not in "".join(lines) + rest
+            # --source put the package on as .py files.
+            assert (tmp_path / "flash" / "hbkeep" / "client.py").exists()
+            assert not glob.glob(str(tmp_path / "flash" / "hbkeep" / "*.mpy"))
+    finally:
+        assert srv.stop() == 0
+
+
+def test_a_bad_config_stops_before_the_board_is_touched(tmp_path):
+    main_py = "print('untouched')\n"
+    (tmp_path / "flash").mkdir()
+    (tmp_path / "flash" / "main.py").write_text(main_py)
+    with SimBoardProc(tmp_path / "flash") as sb:
+        sb.wait_note("power on")
+        for cfg, named in (({"beat_msx": 100, "wifi": {"ssid": "lab", "password": SECRET}}, "beat_msx"),
+                           ({"beat_ms": 5, "wifi": {"ssid": "lab", "password": SECRET}}, "beat_ms"),
+                           ({"wifi": {"ssid": "lab", "password": 12345}}, "wifi.password")):
+            r = deploy("--board", "unix", "--port", sb.port, "--config", write_config(tmp_path, cfg))
+            assert r.returncode == 2, r.stdout + r.stderr
+            assert named in r.stderr and "connecting" not in r.stdout
+            assert SECRET not in r.stdout + r.stderr and "12345" not in r.stderr
+        assert flash_files(sb.flash) == ["main.py"]
+        assert not [n for n in sb.drain_notes() if "soft reset" in n]  # nobody entered its raw REPL
+
+
+def test_no_device_at_that_port(tmp_path):
+    config = write_config(tmp_path, {})
+    r = deploy("--board", "esp32", "--port", str(tmp_path / "ttyUSB9"), "--config", config)
+    assert r.returncode == 1
+    assert "no device at %s" % (tmp_path / "ttyUSB9") in r.stderr
+
+
+def test_something_that_is_not_a_micropython_repl(tmp_path):
+    config = write_config(tmp_path, {})
+    master, slave = os.openpty()  # a serial port whose other end never answers
+    try:
+        r = deploy("--board", "esp32", "--port", os.ttyname(slave), "--config", config, "--timeout", "2")
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert r.returncode == 1
+    assert "does not answer as a MicroPython REPL" in r.stderr
+
+
+def test_not_enough_flash(tmp_path):
+    config = write_config(tmp_path, {"host": "127.0.0.1"})
+    with SimBoardProc(tmp_path / "flash", "--flash-size", "16k") as sb:
+        r = deploy("--board", "unix", "--port", sb.port, "--config", config)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "not enough flash" in r.stderr and "the board has 16384 free" in r.stderr
+        assert flash_files(sb.flash) == []
+
+
+class OldBoard:
+    """A pty that answers mpremote's raw REPL protocol as MicroPython 1.18 on an ESP32 would (no raw-paste
+    mode, .mpy format 5), running any code it is sent as the deploy's first question, and counting the
+    code it receives: enough to see that the deploy reads sys.implementation._mpy before anything else."""
+
+    FACTS = repr(("micropython", (1, 18, 0), "esp32", 5 | (10 << 10), 4096, 1 << 20)).encode()
+
+    def __init__(self):
+        self.master, self.slave = os.openpty()
+        self.port = os.ttyname(self.slave)
+        self.programs = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self):
+        import select
+
+        code = None  # bytes of a program being received, None outside one
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                data = os.read(self.master, 1024)
+            except OSError:
+                return
+            i = 0
+            while i < len(data):
+                b = data[i:i + 1]
+                i += 1
+                if data[i - 1:i + 2] == b"\x05A\x01":
+                    os.write(self.master, b"R\x00")  # raw-paste understood, not supported (as before 1.19)
+                    i += 2
+                    code = b""
+                elif b == b"\x01":
+                    os.write(self.master, b"raw REPL; CTRL-B to exit\r\n>")
+                    code = b""
+                elif b == b"\x04" and not code:
+                    os.write(self.master, b"OK\r\nMPY: soft reboot\r\nraw REPL; CTRL-B to exit\r\n>")
+                elif b == b"\x04":
+                    self.programs.append(code)
+                    out = self.FACTS if b"_mpy" in code else b""
+                    os.write(self.master, b"OK" + out + b"\r\n\x04\x04>")
+                    code = b""
+                elif code is not None and b not in (b"\x02", b"\x03"):
+                    code += b
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def test_firmware_too_old_for_the_mpy_files_stops_before_anything_is_copied(tmp_path):
+    board = OldBoard()
+    try:
+        r = deploy("--board", "esp32", "--port", board.port, "--config", write_config(tmp_path, {}), "--timeout", "5")
+    finally:
+        board.close()
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "MicroPython 1.18.0 loads .mpy format 5" in r.stderr and "--source" in r.stderr
+    # One program ran on the board: the question about its version; nothing was hashed, written or reset.
+    assert len(board.programs) == 1 and b"sys.implementation._mpy" in board.programs[0]
+
+
+@pytest.mark.parametrize("mpy, version, words", [
+    (None, (1, 11, 0), "1.11.0, too old"),
+    (5, (1, 18, 0), "loads .mpy format 5"),
+    (6 | (2 << 8) | (10 << 10), (1, 22, 2), "sub-version 2"),
+    (6 | (3 << 8), (1, 24, 0), "no native code emitter"),
+])
+def test_firmware_too_old_for_the_mpy_files_is_named(mpy, version, words):
+    with pytest.raises(plan.PlanError, match="--source") as e:
+        plan.check_mpy(mpy, version)
+    assert words in str(e.value)
+
+
+def test_a_current_firmware_gives_its_architecture():
+    assert plan.check_mpy(6 | (3 << 8) | (10 << 10), (1, 29, 0)) == "xtensawin"
+    assert plan.check_mpy(6 | (3 << 8) | (4 << 10), (1, 23, 0)) == "armv6m"
+
+
+def test_changes_and_space_are_decided_from_the_boards_hashes():
+    wanted = {"main.py": b"m" * 10, "hbkeep/a.mpy": b"a" * 5000, "config.json": b"{}"}
+    on_board = {"main.py": (10, plan.sha256(b"m" * 10)), "hbkeep/a.mpy": (100, "0" * 64)}
+    to_copy, unchanged = plan.changes(wanted, on_board)
+    assert to_copy == ["hbkeep/a.mpy", "config.json"] and unchanged == ["main.py"]  # package first, settings last
+    # 5000 bytes take 2 blocks of 4096, replacing 1 block; config.json takes 1 more.
+    assert plan.bytes_needed(to_copy, wanted, on_board, 4096) == 2 * 4096
+    assert plan.stale({"hbkeep/a.mpy": b""}, ["a.py", "a.mpy", "old.mpy"]) == ["hbkeep/a.py", "hbkeep/old.mpy"]
+
+
+def test_help_lists_the_boards():
+    r = deploy("--help", timeout=30)
+    assert r.returncode == 0
+    for name in ("esp32", "rp2_pico_w", "unix", "--source", "--run"):
+        assert name in r.stdout

@@ -1,0 +1,1 @@
+"""Deploy the firmware to a board: python3 -m tools.deploy --help."""

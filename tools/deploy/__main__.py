@@ -1,0 +1,128 @@
+"""Put the firmware on a board (or the simulated one) and start it.
+
+    python3 -m tools.deploy --board esp32 --port /dev/ttyUSB0 --config config.json
+    python3 -m tools.deploy --board rp2_pico_w --port /dev/ttyACM0 --config config.json --run
+    python3 -m tools.deploy --board unix --port /dev/pts/7 --config config.json     # tools.simboard
+
+Steps, each stopping with an error that says what to do:
+  1. the config is checked with the firmware's own rules (a bad key stops here, before the board is touched);
+  2. the board is interrupted and put in its raw REPL (as mpremote does); its MicroPython version, .mpy
+     support (sys.implementation._mpy) and free flash are read;
+  3. the package is compiled with mpy-cross for the architecture the board reports (--source copies .py);
+     config.json and board.json are written from the config and boards/BOARD/board.json;
+  4. only files whose SHA-256 differs from the board's copy are written (a second deploy copies nothing);
+  5. the board is reset and runs main.py; with --run this command then stays attached and prints what it
+     says (its event lines) until Ctrl-C, which detaches and leaves the board running.
+Nothing from the config is printed: it holds the Wi-Fi password.
+Exit status: 0 done; 1 a problem with the board or its port; 2 the config, or what the board's firmware
+can load.
+"""
+import argparse
+import sys
+
+from tools.deploy import device as dev
+from tools.deploy import plan
+
+
+def say(msg):
+    print("deploy: " + msg, flush=True)
+
+
+def deploy(args, out=say):
+    """Run the deploy; return the process exit code. Errors are printed, not raised."""
+    try:
+        table = plan.board_table(args.board)
+        cfg = plan.load_config(args.config)
+    except plan.PlanError as e:
+        print("deploy: error: %s" % e, file=sys.stderr)
+        return 2
+    for note in plan.config_warnings(cfg, table):
+        out("note: " + note)
+
+    board = None
+    try:
+        board = dev.Board(args.port, timeout=args.timeout)
+        out("connecting to %s" % args.port)
+        board.enter()
+        facts = board.facts()
+        if facts["name"] != "micropython":
+            raise dev.DeviceError("%s runs %s, not MicroPython" % (args.port, facts["name"]))
+        version = ".".join(str(n) for n in facts["version"])
+        arch = None
+        if not args.source:
+            arch = plan.check_mpy(facts["mpy"], facts["version"])
+            if table.get("mpy_arch") and table["mpy_arch"] != arch:
+                out("note: board table %s names %s but the board reports %s: compiling for %s"
+                    % (args.board, table["mpy_arch"], arch, arch))
+        out("board: MicroPython %s on %s%s, %s free" % (
+            version, facts["platform"], ", .mpy arch %s" % arch if arch else "",
+            "%d bytes" % facts["free"] if facts["free"] is not None else "unknown space"))
+
+        wanted = plan.files(args.board, cfg, source=args.source, arch=arch)
+        on_board = board.hashes(sorted(wanted))
+        to_copy, unchanged = plan.changes(wanted, on_board)
+        stale = plan.stale(wanted, board.listdir(plan.PACKAGE))
+        if facts["free"] is not None:
+            need = plan.bytes_needed(to_copy, wanted, on_board, facts["block"])
+            if need > facts["free"]:
+                raise dev.DeviceError(
+                    "not enough flash: this deploy needs %d more bytes, the board has %d free. Remove files "
+                    "you do not need (`mpremote fs ls`, `mpremote fs rm`)%s" % (
+                        need, facts["free"], ", or deploy without --source (.mpy files are smaller)"
+                        if args.source else ""))
+        out("%d to copy, %d unchanged%s" % (len(to_copy), len(unchanged),
+                                            ", %d stale to remove" % len(stale) if stale else ""))
+        if any(p.startswith(plan.PACKAGE + "/") for p in to_copy):
+            board.mkdir(plan.PACKAGE)
+        for i, path in enumerate(to_copy, 1):
+            out("[%d/%d] %s (%d bytes)" % (i, len(to_copy), path, len(wanted[path])))
+            board.write(path, wanted[path])
+        for path in stale:
+            out("remove %s (not part of this deploy)" % path)
+            board.remove(path)
+
+        if args.no_reset:
+            out("done; the board is left in its REPL (--no-reset)")
+            board.close()
+            return 0
+        out("resetting the board: it runs main.py")
+        board.reset()
+        board = None
+        if args.run:
+            out("attached to %s; Ctrl-C detaches (the board keeps running)" % args.port)
+            try:
+                dev.watch(args.port, lambda line: print(line, flush=True))
+            except KeyboardInterrupt:
+                out("detached")
+        return 0
+    except dev.DeviceError as e:
+        print("deploy: error: %s" % e, file=sys.stderr)
+        return 1
+    except plan.PlanError as e:
+        print("deploy: error: %s" % e, file=sys.stderr)
+        return 2
+    finally:
+        if board is not None:
+            board.close()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python3 -m tools.deploy", description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 1)[1],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--board", required=True, choices=plan.boards(),
+                    help="board table from boards/ (unix: the simulated board, python3 -m tools.simboard)")
+    ap.add_argument("--port", required=True, metavar="DEVICE",
+                    help="the board's serial port (/dev/ttyUSB0, /dev/ttyACM0, COM3, the simulated board's pty)")
+    ap.add_argument("--config", required=True, metavar="FILE", help="JSON config (keys in docs/CONFIG.md)")
+    ap.add_argument("--source", action="store_true", help="copy the .py sources instead of compiling to .mpy")
+    ap.add_argument("--run", action="store_true", help="after the reset, stay attached and print what the board says")
+    ap.add_argument("--no-reset", action="store_true", help="leave the board in its REPL after copying")
+    ap.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                    help="how long the board may take to answer (default 10)")
+    args = ap.parse_args(argv)
+    return deploy(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
