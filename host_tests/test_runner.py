@@ -280,3 +280,45 @@ def test_a_host_run_keeps_its_exit_code(any_runtime, tmp_path):
     r = subprocess.run(hostrun.command(any_runtime, str(cfg)), cwd=FIRMWARE_DIR, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and fields(r.stdout.splitlines()[0])[0] == "config_error"
+
+
+# -- the stop switches on the simulated board (tools.simboard), with the real mpremote ---------------
+def test_simulated_board_stop_switches_leave_the_repl_free(tmp_path):
+    import shutil
+
+    from scripted_server import ScriptedServer
+    from simboard_proc import SimBoardProc
+
+    flash = tmp_path / "flash"
+    (flash / "hbkeep").mkdir(parents=True)
+    for name in os.listdir(os.path.join(FIRMWARE_DIR, "hbkeep")):
+        if name.endswith(".py") and name not in ("_cpython.py", "protocol_host.py"):
+            shutil.copy(os.path.join(FIRMWARE_DIR, "hbkeep", name), str(flash / "hbkeep" / name))
+    shutil.copy(os.path.join(FIRMWARE_DIR, "main.py"), str(flash / "main.py"))
+    with ScriptedServer() as srv:
+        (flash / "board.json").write_text(json.dumps(board("unix", boot_hold_pin=4)))
+        (flash / "config.json").write_text(json.dumps({"port": srv.port, "stats_ms": 0}))
+        with SimBoardProc(flash) as sb:
+            con = sb.console()
+            con.expect(b" connected ", timeout=30)  # not held, no file: the firmware starts
+            srv.accept(timeout=30).start_discard()
+            # The file: put there by mpremote over the running firmware, then a power cycle.
+            con.close()
+            r = sb.mpremote("fs", "touch", ":noboot")
+            assert r.returncode == 0, r.stderr
+            con = sb.console()
+            sb.command("power")
+            con.expect(b"autostart state=off reason=noboot_file\r\n", timeout=30)
+            con.write(b"print(6 * 7)\r")
+            con.expect(b"42\r\n", timeout=10)
+            con.close()
+            r = sb.mpremote("fs", "rm", ":noboot")
+            assert r.returncode == 0, r.stderr
+            # The pin: held to its level (0, against the pull-up) while the board starts.
+            con = sb.console()
+            sb.command("hold 4=0")
+            sb.command("power")
+            con.expect(b"autostart state=off reason=boot_hold_pin pin=4\r\n", timeout=30)
+            con.write(b"print(6 * 7)\r")
+            con.expect(b"42\r\n", timeout=10)
+            assert srv.accept_times[1:] == [], "the firmware started although it was told not to"

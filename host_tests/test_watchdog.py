@@ -285,3 +285,82 @@ def test_a_boards_table_on_a_runtime_without_a_watchdog_runs_without_one(monkeyp
     run_for(rig, 2)
     assert rig.events("watchdog") == [{"state": "absent", "board": "rp2_pico_w", "reason": "no_machine_WDT"}]
     assert not rig.events("crash")
+
+
+# -- on the simulated board (tools.simboard), with the real mpremote --------------------------------
+def simboard_flash(tmp_path, port, with_boot_py):
+    """A flash holding the firmware (sources), a board table with a watchdog, and a config that starts it.
+
+    The simulator's mem32 reads all ones at any address while its watchdog runs, so wdt_running_reg
+    [0, 1] is the simulated board's version of the Pico W's control register."""
+    import shutil
+
+    flash = tmp_path / "flash"
+    (flash / "hbkeep").mkdir(parents=True)
+    for name in os.listdir(os.path.join(FIRMWARE_DIR, "hbkeep")):
+        if name.endswith(".py") and name not in ("_cpython.py", "protocol_host.py"):
+            shutil.copy(os.path.join(FIRMWARE_DIR, "hbkeep", name), str(flash / "hbkeep" / name))
+    shutil.copy(os.path.join(FIRMWARE_DIR, "main.py"), str(flash / "main.py"))
+    if with_boot_py:
+        shutil.copy(os.path.join(FIRMWARE_DIR, "boot.py"), str(flash / "boot.py"))
+    table = board("unix", watchdog=True, wdt_max_ms=8388, wdt_park_ms=1500, wdt_running_reg=[0, 1])
+    (flash / "board.json").write_text(json.dumps(table))
+    cfg = {"port": port, "beat_ms": 200, "stats_ms": 0, "wdt_ms": 1000, "peer_timeout": "off"}
+    (flash / "config.json").write_text(json.dumps(cfg))
+    return flash
+
+
+def watch_notes(sb, text, seconds, after):
+    """Notes containing `text` that the simulator printed within `seconds` (a bounded watch)."""
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            sb.wait_note(text, timeout=max(0.05, end - time.monotonic()), after=after)
+            return True
+        except AssertionError:
+            continue
+    return False
+
+
+@pytest.mark.parametrize("with_boot_py", [True, False])
+def test_simulated_board_stays_alive_when_mpremote_takes_it_over(tmp_path, with_boot_py):
+    # mpremote interrupts the firmware (Ctrl-C: it parks the watchdog on a timer), enters the raw REPL
+    # and soft-resets (the timer is gone, the watchdog runs on; boot.py parks it again), runs a command,
+    # and leaves the board at its REPL. Without boot.py the board resets under the user: the check can fail.
+    from simboard_proc import SimBoardProc
+
+    with ScriptedServer() as srv:
+        with SimBoardProc(simboard_flash(tmp_path, srv.port, with_boot_py)) as sb:
+            con = sb.console()
+            con.expect(b"watchdog state=on timeout_ms=1000", timeout=30)
+            con.close()
+            srv.accept(timeout=30).start_discard()  # main.py ran at power-on and connected
+            after = len(sb.drain_notes())
+            r = sb.mpremote("exec", "import sys; print('parked', 'hbkeep.wdtpark' in sys.modules)")
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.split() == ["parked", "True" if with_boot_py else "False"]
+            sb.wait_note("soft reset", after=after)
+            # Three parked timeouts at the REPL.
+            expired = watch_notes(sb, "watchdog expired", 4.5, after)
+            assert expired is not with_boot_py, sb.notes[after:]
+
+
+def test_simulated_board_stays_alive_at_the_repl_after_ctrl_c(tmp_path):
+    # Ctrl-C in `mpremote repl`: the firmware parks the watchdog on a timer and the user keeps the REPL.
+    from simboard_proc import SimBoardProc
+
+    with ScriptedServer() as srv:
+        with SimBoardProc(simboard_flash(tmp_path, srv.port, with_boot_py=True)) as sb:
+            con = sb.console()
+            con.expect(b"watchdog state=on timeout_ms=1000", timeout=30)
+            srv.accept(timeout=30).start_discard()
+            after = len(sb.drain_notes())
+            con.write(b"\x03")
+            con.expect(b"watchdog state=parked reason=interrupt timeout_ms=1500 feed_every_ms=375", timeout=10)
+            con.expect(b"stopped reason=interrupt")
+            con.expect(b">>> ", timeout=10)
+            assert not watch_notes(sb, "watchdog expired", 4.5, after), sb.notes[after:]
+            con.write(b"print(6 * 7)\r")
+            con.expect(b"42\r\n", timeout=10)
