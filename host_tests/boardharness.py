@@ -47,6 +47,8 @@ def main():
     if SCENARIO == "hang":
         client_mod.Client._supervise = hang
     rc = runner.main(CONFIG, BOARD, app=monitor)
+    led = [v for _, v in machine.Pin.outputs.get("LED", [])]
+    say("what=led changes=%d lit=%d dark=%d" % (len(led), led.count(1), led.count(0)))
     w = machine.WDT.current
     if w is None or not wdtpark.parked():
         say("what=ended rc=%d parked=0" % rc)

@@ -257,6 +257,8 @@ def test_process_fed_while_running_and_parked_through_interrupt_and_soft_reset(a
             parked = fw.wait_event("watchdog", timeout=10, where=lambda f: f["state"] == "parked")
             assert parked.fields == {"state": "parked", "reason": "interrupt", "timeout_ms": "600",
                                      "feed_every_ms": "150"}
+            led = fw.wait_event("sim", timeout=10).fields  # the status LED ran too: lit, a dark blink per beat
+            assert led["what"] == "led" and int(led["lit"]) >= 5 and int(led["dark"]) >= 5, led
             alive = fw.wait_event("sim", timeout=10)
             assert alive.fields["what"] == "repl_alive" and alive.fields["expired"] == "0"
             assert int(alive.fields["feeds"]) >= 10
