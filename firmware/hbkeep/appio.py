@@ -51,6 +51,8 @@ async def send(client, payload):
     client._app_task = task
     while client._app_task is task:
         await client._tx_idle.wait()
+        if client._app_task is task and client._tx_idle.is_set():
+            await sleep_ms(0)  # released by the end of the connection: let the cancelled task finish first
     try:
         return await task  # already done: returns at once
     except compat.CancelledError:
