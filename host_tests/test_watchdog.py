@@ -366,3 +366,16 @@ def test_simulated_board_stays_alive_at_the_repl_after_ctrl_c(tmp_path):
             assert not watch_notes(sb, "watchdog expired", 4.5, after), sb.notes[after:]
             con.write(b"print(6 * 7)\r")
             con.expect(b"42\r\n", timeout=10)
+
+
+def test_a_park_that_fails_is_an_event_and_the_repl_stays_free(machine, monkeypatch):
+    rig = Rig(board("rp2_pico_w", wifi=False), [FakeConn()], wdt_ms=2000)
+    run_for(rig, 1)
+
+    def broken(self, id=-1):
+        raise OSError(12, "ENOMEM")
+
+    monkeypatch.setattr(machine.Timer, "__init__", broken)
+    rig.fw.interrupted()  # no exception escapes to the REPL
+    assert rig.watchdog_states()[-1] == "park_failed"
+    assert [e["reason"] for e in rig.events("stopped")] == ["interrupt"]

@@ -7,6 +7,7 @@
 from . import compat
 from .compat import ticks_ms, ticks_diff, sleep_ms
 from . import wdtpark
+from .events import describe
 
 
 def timeout_for(cfg, board, ev):
@@ -71,7 +72,10 @@ class Feeder:
     def park(self, board, reason):
         """The user interrupted the firmware: keep the board alive under them (wdtpark.py)."""
         if self.wdt is not None:
-            wdtpark.park(board, reason, self._say)
+            try:
+                wdtpark.park(board, reason, self._say)
+            except Exception as e:  # said, so that a reset that follows is explained; the REPL stays free
+                self.ev.emit("watchdog", "state", "park_failed", "error", describe(e))
 
     def _say(self, body):
         self.ev.write("%d %s" % (self.ev.clock(), body))
