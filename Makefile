@@ -15,7 +15,7 @@ DEPS_STAMP := $(VENV)/.requirements-dev.stamp
 STUBS := $(VENV)/stubs
 STUB_PORTS := esp32 rp2
 
-.PHONY: help setup test mpy typecheck run bench bench-server deploy simboard package-json clean distclean
+.PHONY: help setup test mpy typecheck run bench bench-server bench-tls deploy simboard package-json clean distclean
 
 help: ## list the targets (default)
 	@echo "Targets:"
@@ -59,6 +59,9 @@ bench: $(DEPS_STAMP) ## run the benchmark (tools/bench.py)
 
 bench-server: $(DEPS_STAMP) ## run the benchmark server (tools/bench_server.py)
 	$(PY) -m tools.bench_server
+
+bench-tls: setup ## TLS handshake time and heap on MicroPython (tools/tlsbench.py)
+	$(PY) -m tools.tlsbench
 
 # make deploy BOARD=esp32 PORT=/dev/ttyUSB0 CONFIG=config.json [ARGS="--run"]: see docs/BOARD.md.
 deploy: $(DEPS_STAMP) ## put the firmware on a board: BOARD=... PORT=... CONFIG=... [ARGS=--run] (docs/BOARD.md)

@@ -14,6 +14,7 @@ package(
     files=(
         "__init__.py",
         "appio.py",
+        "auth.py",
         "client.py",
         "compat.py",
         "config.py",
@@ -23,8 +24,10 @@ package(
         "link.py",
         "protocol.py",
         "runner.py",
+        "sntp.py",
         "sockopts.py",
         "start.py",
+        "tls.py",
         "watchdog.py",
         "wdtpark.py",
         "wifi.py",

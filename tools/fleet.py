@@ -7,6 +7,9 @@ churn (devices that drop and reconnect at random), a share of silent devices (co
 of misbehaving ones (they send a broken header now and then). The devices are spread over --procs worker
 processes, each with its own event loop.
 
+With --tls-ca the devices speak TLS (the firmware's own TLS path), with --auth-keys they authenticate,
+taking the ids of that file in turn (so the server, given the same file, knows them all).
+
 At the end it prints what the server should have seen, as `fleet_expect` and `fleet_report` lines in the
 event format (docs/EVENTS.md), so a run can be checked against the server's own report.
 """
@@ -87,19 +90,28 @@ async def run_device(cfg, board, churn_per_min, rng, counter, stop_at):
     return client.stats
 
 
-async def run_misbehaver(host, port, beat_ms, rng, counter, stop_at):
-    """Beats for a while, then sends a header the server must reject; reconnects a second later."""
+async def run_misbehaver(host, port, beat_ms, rng, counter, stop_at, security=None):
+    """Beats for a while, then sends a header the server must reject; reconnects a second later.
+    security: {"ssl": context, "server_hostname": name, "auth": (id, key bytes)} when the fleet uses them."""
     loop = asyncio.get_running_loop()
     heart = struct.pack("<ii", 0, 0)
     bad = [struct.pack("<ii", 7, 0), struct.pack("<ii", 1, -1), struct.pack("<ii", 1, 1 << 30)]
+    sec = security or {}
     while loop.time() < stop_at:
         try:
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await asyncio.open_connection(host, port, ssl=sec.get("ssl"),
+                                                           server_hostname=sec.get("server_hostname"))
         except OSError:
             await asyncio.sleep(1.0)
             continue
         counter.misbehaver_connects += 1
         try:
+            if sec.get("auth"):  # a known device gone wrong, not a stranger: it authenticates first
+                from firmware.hbkeep.auth import DeviceAuth
+
+                dev = DeviceAuth(*sec["auth"])
+                writer.write(bytes(dev.answer(await asyncio.wait_for(reader.readexactly(24), 5))))
+                dev.check_welcome(await asyncio.wait_for(reader.readexactly(40), 5))
             for _ in range(rng.randint(1, 5)):
                 writer.write(heart)
                 await asyncio.sleep(beat_ms / 1000)
@@ -108,7 +120,7 @@ async def run_misbehaver(host, port, beat_ms, rng, counter, stop_at):
                 await writer.drain()
                 counter.bad_frames_sent += 1
                 await asyncio.wait_for(reader.read(), timeout=5)  # until the server drops us
-        except (OSError, asyncio.TimeoutError):
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
             writer.close()
@@ -128,16 +140,30 @@ async def worker_main(spec):
     base = {"host": host, "port": port, "mode": spec["mode"], "beat_ms": spec["beat_ms"], "stats_ms": 0,
             "peer_timeout": "auto", "retry_ms": spec["retry_ms"], "backoff_max_ms": spec["backoff_max_ms"],
             "rx_buf": 256 if spec["mode"] == "raw" else 64, "max_payload": spec["max_payload"]}
+    security = None
+    if spec.get("tls"):
+        base["tls"] = spec["tls"]
+        import ssl
+
+        security = {"ssl": ssl.create_default_context(cafile=spec["tls"]["ca"]),
+                    "server_hostname": spec["tls"]["server_hostname"]}
+    ids = spec.get("auth_ids") or []
     ramp = spec["ramp_s"]
     n = spec["count"]
     for i in range(n):
         kind = spec["kinds"][i]
         # Spread the starts over the ramp so beats do not all fall on the same millisecond.
         delay = ramp * i / max(1, n)
+        cred = ids[(spec["first_index"] + i * spec["stride"]) % len(ids)] if ids else None  # global index
         if kind == "misbehaving":
-            coro = run_misbehaver(host, port, spec["beat_ms"], rng, counter, stop_at)
+            sec = dict(security or {})
+            if cred:
+                sec["auth"] = (cred[0], bytes.fromhex(cred[1]))
+            coro = run_misbehaver(host, port, spec["beat_ms"], rng, counter, stop_at, sec)
         else:
             cfg = dict(base)
+            if cred:
+                cfg["auth"] = {"id": cred[0], "key": cred[1]}
             if kind == "silent":
                 cfg["beat_ms"] = 3600000  # connected, never beating
                 cfg["peer_timeout"] = "off"
@@ -192,6 +218,11 @@ def main(argv=None):
     ap.add_argument("--retry-ms", type=int, default=100)
     ap.add_argument("--backoff-max-ms", type=int, default=2000, help="fleet-friendly backoff cap (default 2000)")
     ap.add_argument("--seed", type=int, default=1, help="random seed (default 1): runs are reproducible")
+    ap.add_argument("--tls-ca", metavar="FILE", help="speak TLS, checking the server against this CA (PEM or DER)")
+    ap.add_argument("--tls-name", metavar="NAME",
+                    help="the name the server's certificate must carry, sent as SNI (default: the --server host)")
+    ap.add_argument("--auth-keys", metavar="FILE",
+                    help="authenticate, the devices taking the ids of this JSON file (id -> hex key) in turn")
     args = ap.parse_args(argv)
     if args.clients < 1:
         ap.error("--clients must be at least 1, got %d" % args.clients)
@@ -204,6 +235,22 @@ def main(argv=None):
     if not 10 <= args.beat_ms <= 3600000:
         ap.error("--beat-ms must be from 10 to 3600000, got %d" % args.beat_ms)
     host, port = args.server
+    tls = None
+    if args.tls_ca:
+        if not os.path.isfile(args.tls_ca):
+            ap.error("--tls-ca %s: no such file" % args.tls_ca)
+        tls = {"ca": os.path.abspath(args.tls_ca), "server_hostname": args.tls_name or host}
+    elif args.tls_name:
+        ap.error("--tls-name needs --tls-ca")
+    auth_ids = None
+    if args.auth_keys:
+        from tools.hbserver.gate import load_keys
+
+        try:
+            keys = load_keys(args.auth_keys)  # checked as the server checks it; errors never show a key
+        except ValueError as e:
+            ap.error(str(e))
+        auth_ids = sorted((k.decode(), v.hex()) for k, v in keys.items())
     try:
         host = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][4][0]  # resolve once, here
     except OSError as e:
@@ -222,7 +269,8 @@ def main(argv=None):
         specs.append({"seed": args.seed * 1000 + p, "host": host, "port": port, "seconds": args.seconds,
                       "beat_ms": args.beat_ms, "mode": args.mode, "churn_per_min": args.churn_per_min,
                       "retry_ms": args.retry_ms, "backoff_max_ms": args.backoff_max_ms, "max_payload": 1024,
-                      "ramp_s": ramp, "count": len(mine), "kinds": mine})
+                      "ramp_s": ramp, "count": len(mine), "kinds": mine, "tls": tls, "auth_ids": auth_ids,
+                      "first_index": p, "stride": args.procs})
     emit("fleet_start", clients=args.clients, beating=kinds.count("beating"), silent=n_silent,
          misbehaving=n_bad, procs=args.procs, beat_ms=args.beat_ms, seconds=args.seconds, seed=args.seed)
     # What the server should see. Counts that depend on chance (churn drops, broken headers sent) are in

@@ -127,9 +127,16 @@ def main(argv=None):
             ap.error("--config %s: %s" % (args.config, e.strerror))
         except ValueError as e:
             ap.error("--config %s: not valid JSON (%s)" % (args.config, e))
+        tls = cfg.get("tls") if isinstance(cfg, dict) else None
+        if isinstance(tls, dict) and isinstance(tls.get("ca"), str) and not os.path.isabs(tls["ca"]):
+            # The config runs from a temporary copy: a CA path relative to the file must stay so.
+            tls["ca"] = os.path.join(os.path.dirname(os.path.abspath(args.config)), tls["ca"])
     with tempfile.TemporaryDirectory(prefix="hostrun-") as workdir:
         try:
             cfg = merge(cfg, args.set)
+            tls = cfg.get("tls")
+            if isinstance(tls, dict) and isinstance(tls.get("ca"), str):
+                tls["ca"] = os.path.abspath(tls["ca"])  # given by --set: relative to where we were started
             argv_ = command(args.runtime, prepare(cfg, workdir), args.board)
         except (ValueError, fw_config.ConfigError) as e:
             print("hostrun: error: %s" % e, file=sys.stderr)

@@ -9,7 +9,7 @@ FIRMWARE_DIR = os.path.join(REPO, "firmware")
 PACKAGE_DIR = os.path.join(FIRMWARE_DIR, "hbkeep")
 BOARDS_DIR = os.path.join(REPO, "boards")
 
-# Modules of the package that only hosts use: CPython's side of compat, the frame builder of the server
-# and tests. No board imports them, so they are not compiled to .mpy (tools/build/mpycompile.py), not
+# Modules of the package that only hosts use: CPython's side of compat and of tls, the frame builder and
+# the AUTH checks of the server and tests. No board imports them, so they are not compiled to .mpy (tools/build/mpycompile.py), not
 # deployed, and not type-checked against the board stubs (tools/build/typecheck.py).
-HOST_ONLY = ("_cpython.py", "protocol_host.py")
+HOST_ONLY = ("_cpython.py", "_cpython_tls.py", "protocol_host.py", "auth_host.py")

@@ -5,6 +5,7 @@ import asyncio
 import errno
 import random
 import socket
+import ssl
 import sys
 import time
 
@@ -113,17 +114,22 @@ async def wait_writable(sock):
         loop.remove_writer(fd)
 
 
+# "Nothing now" from a plain socket, or from a TLS one (whose record layer can want either direction; on
+# the client it is in practice always the one asked for).
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
 def try_read(sock, buf):
     try:
         return sock.recv_into(buf)
-    except (BlockingIOError, InterruptedError):
+    except _WOULD_BLOCK:
         return -1
 
 
 def try_write(sock, buf, off, n):
     try:
         return sock.send(memoryview(buf)[off : off + n])
-    except (BlockingIOError, InterruptedError):
+    except _WOULD_BLOCK:
         return 0
 
 

@@ -40,6 +40,21 @@ TICKS_SPAN_MAX = 1 << 29
 # Only used on boards. Values are never printed, not even in errors.
 WIFI_KEYS = ("ssid", "password")
 
+# TLS (docs/SECURITY.md): the CA file on flash, the name checked and sent as SNI (default: host).
+TLS_SPEC = {
+    "ca": (STR, None),
+    "server_hostname": (STR, None),
+    "handshake_timeout_ms": (INT, 5000, 100, 600000),  # the default is also set in Config._tls
+    "ntp_host": (STR, "pool.ntp.org"),  # boards set their clock from it (certificate dates); default in _tls
+}
+# Device authentication (docs/SECURITY.md). The key is never printed, not even in errors.
+AUTH_SPEC = {
+    "id": (STR, None),
+    "key": (STR, None),
+    "timeout_ms": (INT, 5000, 100, 600000),  # the default is also set in Config._auth
+}
+NESTED = ("keepalive", "wifi", "tls", "auth")
+
 
 class ConfigError(ValueError):
     pass
@@ -96,19 +111,31 @@ class Config:
     # "wifi": {ssid, password}; None when absent
     wifi_ssid: "str | None"
     wifi_password: "str | None"
+    # "tls": {ca, server_hostname, handshake_timeout_ms}; tls_ca is None when TLS is off
+    tls_ca: "str | None"
+    tls_server_hostname: "str | None"
+    tls_handshake_timeout_ms: int
+    tls_ntp_host: str
+    # "auth": {id, key, timeout_ms}; auth_id is None when off; auth_key (bytes) is never printed
+    auth_id: "str | None"
+    auth_key: "bytes | None"
+    auth_timeout_ms: int
 
     def __init__(self, user=None):
         user = user or {}
         if not isinstance(user, dict):
             raise ConfigError("config: expected a JSON object at the top level")
         for name in user:
-            if name not in SPEC and name not in ("keepalive", "wifi"):
-                raise ConfigError("%s: unknown key (known: %s)" % (name, ", ".join(sorted(list(SPEC) + ["keepalive", "wifi"]))))
+            if name not in SPEC and name not in NESTED:
+                raise ConfigError("%s: unknown key (known: %s)" % (name, ", ".join(sorted(list(SPEC) + list(NESTED)))))
         for name in SPEC:
             spec = SPEC[name]
             setattr(self, name, _check(name, spec, user[name]) if name in user else spec[1])
         self._keepalive(user.get("keepalive", {}))
         self._wifi(user.get("wifi"))
+        framed = user.get("mode", "framed") == "framed"
+        self._tls(user.get("tls"), framed)
+        self._auth(user.get("auth"), framed)
         self._ticks_limits()
 
     def _ticks_limits(self):
@@ -153,6 +180,48 @@ class Config:
         self.wifi_ssid = wifi.get("ssid")
         self.wifi_password = wifi.get("password")
 
+    def _section(self, section, obj, spec, required, framed):
+        # Flattened into <section>_<key> attributes; absent keys take their defaults.
+        if not isinstance(obj, dict):
+            raise ConfigError("%s: expected an object {%s}" % (section, ", ".join(sorted(spec))))
+        for name in obj:
+            if name not in spec:
+                raise ConfigError("%s.%s: unknown key (known: %s)" % (section, name, ", ".join(sorted(spec))))
+        for name in required:
+            if name not in obj:
+                raise ConfigError("%s.%s: required" % (section, name))
+        if not framed:
+            raise ConfigError("%s: needs \"mode\": \"framed\" (raw mode has no frames to carry it)" % section)
+
+    def _tls(self, tls, framed):
+        # None when off: the client then never imports the TLS module.
+        self.tls_ca = self.tls_server_hostname = None
+        self.tls_handshake_timeout_ms = 5000
+        self.tls_ntp_host = "pool.ntp.org"
+        if tls is None:
+            return
+        self._section("tls", tls, TLS_SPEC, ("ca",), framed)
+        for name in TLS_SPEC:
+            if name in tls:
+                setattr(self, "tls_" + name, _check("tls." + name, TLS_SPEC[name], tls[name]))
+
+    def _auth(self, auth, framed):
+        self.auth_id = self.auth_key = None
+        self.auth_timeout_ms = 5000
+        if auth is None:
+            return
+        self._section("auth", auth, AUTH_SPEC, ("id", "key"), framed)
+        from .auth import check_id, parse_key  # only when authentication is configured
+
+        try:
+            check_id(auth["id"])
+            self.auth_key = parse_key(auth["key"])  # its errors never repeat the value
+        except ValueError as e:
+            raise ConfigError("auth.%s" % e)
+        self.auth_id = auth["id"]
+        if "timeout_ms" in auth:
+            self.auth_timeout_ms = _check("auth.timeout_ms", AUTH_SPEC["timeout_ms"], auth["timeout_ms"])
+
 
 def load(path) -> Config:
     import json
@@ -170,7 +239,11 @@ def load(path) -> Config:
         data = json.loads(text)
     except ValueError as e:
         raise ConfigError("%s: not valid JSON (%s)" % (path, e))
-    return Config(data)
+    cfg = Config(data)
+    ca = cfg.tls_ca
+    if ca and not ca.startswith("/") and "/" in path:
+        cfg.tls_ca = path[: path.rfind("/") + 1] + ca  # relative to the config file, as on the board
+    return cfg
 
 
 def _balanced(text):

@@ -95,6 +95,11 @@ class Firmware:
             if ms:
                 self.feeder = watchdog.Feeder(client, ms, self.ev)
                 compat.create_task(self.keep("watchdog", self.feeder.run))
+        if cfg.tls_ca and board.get("rtc"):
+            # Certificate dates are checked against the RTC, which a board starts at its epoch: set it.
+            from . import sntp
+
+            compat.create_task(self.keep("sntp", lambda: sntp.keep(cfg.tls_ntp_host, client.ev, client.net.link_up)))
         if board.get("led_pin") is not None and compat.machine_has("Pin"):
             from .led import StatusLed
 

@@ -76,4 +76,9 @@ def prepare(config_path, board_path):
         return BAD_FILE
     from .client import Client  # after the config is known good: less heap on a failed start
 
-    return cfg, board, Client(cfg, board, compat.Net(board))  # the port's socket answers from the table
+    try:
+        client = Client(cfg, board, compat.Net(board))  # the port's socket answers from the table
+    except ValueError as e:  # an unreadable TLS CA file (tls.CaError): named like any config error
+        _line("config_error %s" % str(e).replace(" ", "_"))
+        return BAD_FILE
+    return cfg, board, client

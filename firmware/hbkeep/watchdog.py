@@ -35,10 +35,16 @@ class Feeder:
         self.timeout_ms = timeout_ms
         self.every_ms = timeout_ms // 4 or 1
         client.pulse_ms = self.every_ms
-        # The longest quiet the client may have without being stuck: one connect attempt (its only wait
-        # that is not sliced by pulse_ms) plus one pulse. After that the feeder stops; the board resets
-        # at most timeout_ms later.
-        self.quiet_max_ms = client.cfg.connect_timeout_ms + self.every_ms
+        # The longest quiet the client may have without being stuck: its longest wait that is not sliced
+        # by pulse_ms (a connect, a TLS handshake or an authentication, each bounded by its own timeout)
+        # plus one pulse. After that the feeder stops; the board resets at most timeout_ms later.
+        cfg = client.cfg
+        longest = cfg.connect_timeout_ms
+        if cfg.tls_ca and cfg.tls_handshake_timeout_ms > longest:
+            longest = cfg.tls_handshake_timeout_ms
+        if cfg.auth_id and cfg.auth_timeout_ms > longest:
+            longest = cfg.auth_timeout_ms
+        self.quiet_max_ms = longest + self.every_ms
         self.wdt = None
         self.feeds = 0
         self.starving = False

@@ -58,6 +58,13 @@ def load_config(path):
         fw_config.Config(data)
     except fw_config.ConfigError as e:
         raise PlanError("config %s: %s" % (path, e))
+    tls = data.get("tls")
+    if tls:
+        # The TLS CA file goes onto the board too: found relative to the config file, as the firmware does.
+        ca = os.path.join(os.path.dirname(os.path.abspath(path)), tls["ca"])
+        if not os.path.isfile(ca):
+            raise PlanError("config %s: tls.ca %s: no such file" % (path, ca))
+        tls["ca"] = ca
     return data
 
 
@@ -138,6 +145,11 @@ def files(board, cfg, source=False, arch=None):
                 except RuntimeError as e:
                     raise PlanError(str(e))
                 out["%s/%s" % (PACKAGE, os.path.basename(dst))] = _read(dst)
+    tls = cfg.get("tls")
+    if tls:  # the CA certificate beside config.json, which names it by its file name
+        name = os.path.basename(tls["ca"])
+        out[name] = _read(tls["ca"])
+        cfg = dict(cfg, tls=dict(tls, ca=name))
     # Stable bytes for the same settings, so that an unchanged config is not copied again.
     out["board.json"] = (json.dumps(table, indent=1, sort_keys=True) + "\n").encode()
     out["config.json"] = (json.dumps(cfg, indent=1, sort_keys=True) + "\n").encode()

@@ -70,6 +70,24 @@ def build_parser():
     a("--backlog", type=_int_in(1, 65535), default=d.backlog, help="listen backlog (default %(default)s)")
     a("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop (default asyncio)")
     a("--json", action="store_true", help="print events as JSON lines")
+    sec = ap.add_argument_group("security (docs/SECURITY.md; all off by default: the seed's plain protocol)")
+    b = sec.add_argument
+    b("--tls-cert", metavar="FILE", help="serve TLS with this certificate chain (PEM); needs --tls-key")
+    b("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    b("--auth-keys", metavar="FILE",
+      help="authenticate devices: JSON object of device id -> hex key (make with python3 -m tools.certs device-key)")
+    b("--auth-timeout-ms", type=_int_in(1, 3600000), default=d.auth_timeout_ms,
+      help="drop a connection not authenticated this long after its CHALLENGE (default %(default)s)")
+    b("--handshake-timeout-ms", type=_int_in(1, 3600000), default=d.handshake_timeout_ms,
+      help="drop a connection whose TLS handshake takes longer (default %(default)s)")
+    b("--max-pending", type=_int_in(1, 1000000), default=d.max_pending,
+      help="connections still in TLS handshake or authentication, at most; they never take "
+           "--max-clients slots (default %(default)s)")
+    b("--auth-fail-limit", type=_int_in(1, 1000000), default=d.auth_fail_limit,
+      help="failed authentications from one address within the window before its connections are "
+           "refused (default %(default)s)")
+    b("--auth-fail-window-ms", type=_int_in(1, 86400000), default=d.auth_fail_window_ms,
+      help="the rate limit's window (default %(default)s)")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quiet", action="store_true",
                    help="print only listening, summary and stopped lines")
@@ -156,9 +174,18 @@ def main(argv=None):
         heart_reply=not args.no_heart_reply, probe_ms=args.probe_ms, probe_bytes=args.probe_bytes,
         probe_mode=args.probe_mode, probe_late_ms=args.probe_late_ms, max_clients=args.max_clients,
         max_payload=args.max_payload, header_timeout_ms=args.header_timeout_ms, summary_ms=args.summary_ms,
-        verbose=args.verbose, backlog=args.backlog)
+        verbose=args.verbose, backlog=args.backlog, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        auth_keys=args.auth_keys, auth_timeout_ms=args.auth_timeout_ms,
+        handshake_timeout_ms=args.handshake_timeout_ms, max_pending=args.max_pending,
+        auth_fail_limit=args.auth_fail_limit, auth_fail_window_ms=args.auth_fail_window_ms)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        ap.error("--tls-cert and --tls-key go together: give both or neither")
     try:
         config.validate()
+        if config.gated:  # read the certificate, key and key files now: errors name them, before listening
+            from tools.hbserver.gate import Gate
+
+            Gate(None, config)
     except ValueError as e:
         ap.error(str(e))
     try:

@@ -37,7 +37,7 @@ class Conn(asyncio.BufferedProtocol):
     __slots__ = (
         "srv", "transport", "name", "state", "since", "last_heard", "last_frame", "missed", "beats",
         "frames_in", "bytes_in", "frames_out", "bytes_out", "decoder", "partial_since", "probes",
-        "paused", "strays",
+        "paused", "strays", "addr", "gate",
     )
 
     def __init__(self, srv):
@@ -59,21 +59,26 @@ class Conn(asyncio.BufferedProtocol):
         self.probes = None  # probes in flight, oldest first (a list, made on the first probe)
         self.paused = False  # the transport's write buffer is above its high-water mark
         self.strays = 0  # raw mode: bytes received with no probe in flight
+        self.addr = None  # the peer's address; `name` becomes the device id once authenticated
+        self.gate = None  # gate.Pending while in TLS handshake or authentication (gate.py)
 
     # -- asyncio callbacks -------------------------------------------------------------------------
 
     def connection_made(self, transport):
         self.transport = transport
-        self.name = peer_name(transport.get_extra_info("peername"))
+        self.addr = transport.get_extra_info("peername")
+        self.name = peer_name(self.addr)
         self.since = self.last_heard = self.srv.loop.time()
         self.srv._admit(self)
 
     def get_buffer(self, sizehint):
-        return self.srv.rbuf
+        return self.srv.rview  # a view of the shared buffer (see HeartbeatServer.rview)
 
     def buffer_updated(self, nbytes):
         if self.state != ONLINE:
-            return  # dropped during this loop iteration; the rest of its bytes mean nothing
+            if self.gate is not None:  # still passing the gate: only an AUTH frame is expected
+                self.srv.gate.feed(self, self.srv.rbuf[:nbytes])
+            return  # else dropped during this loop iteration; the rest of its bytes mean nothing
         srv = self.srv
         now = srv.loop.time()
         self.bytes_in += nbytes
@@ -84,10 +89,14 @@ class Conn(asyncio.BufferedProtocol):
             self._framed(nbytes, now)
 
     def eof_received(self):
+        if self.gate is not None:
+            self.srv.gate.lost(self)
         self.srv._offline(self, "closed")
         return False  # let the transport close our side too
 
     def connection_lost(self, exc):
+        if self.gate is not None:
+            self.srv.gate.lost(self)
         if self.state == ONLINE:
             self.srv._offline(self, "reset" if exc is not None else "closed")
         self.state = GONE

@@ -1,11 +1,12 @@
 """The heartbeat server itself: configuration, client registry, ticker, probe sweep, summaries.
 
 The command line around it is cli.py; one connection's bytes are conn.py; probe
-bookkeeping is probe.py. Import HeartbeatServer and ServerConfig from tools.hbserver.
+bookkeeping is probe.py; TLS and authentication, when on, gate.py. Import HeartbeatServer and ServerConfig from tools.hbserver.
 """
 import asyncio
 import random
 from dataclasses import asdict, dataclass
+from typing import Optional, Union
 
 from firmware.hbkeep.protocol import Decoder
 
@@ -35,6 +36,15 @@ class ServerConfig:
     summary_ms: int = 10000  # 0 = no summary lines
     verbose: bool = False  # also emit per-frame events (beat, data, probe_ok)
     backlog: int = 1024  # the seed used 20; a fleet reconnecting at once needs more
+    # Security options (docs/SECURITY.md; gate.py). Off by default: the seed's plain protocol.
+    tls_cert: Optional[str] = None  # certificate chain (PEM); with tls_key, serve TLS
+    tls_key: Optional[str] = None
+    auth_keys: Union[str, dict, None] = None  # JSON file path, or a dict id -> hex key: authenticate
+    auth_timeout_ms: int = 5000  # a connection must have authenticated this long after CHALLENGE
+    handshake_timeout_ms: int = 5000  # ... and finished its TLS handshake this long after accept
+    max_pending: int = 64  # connections still in TLS handshake or authentication, at most
+    auth_fail_limit: int = 10  # failed authentications from one address per window before refusing it
+    auth_fail_window_ms: int = 60000
 
     @property
     def timeout_ms(self):
@@ -63,6 +73,17 @@ class ServerConfig:
              "header_timeout_ms must be at least 1, got %r" % (self.header_timeout_ms,))
         need(self.summary_ms >= 0, "summary_ms must be >= 0, got %r" % (self.summary_ms,))
         need(self.backlog >= 1, "backlog must be at least 1, got %r" % (self.backlog,))
+        need((self.tls_cert is None) == (self.tls_key is None),
+             "tls_cert and tls_key go together: give both or neither")
+        need(self.auth_keys is None or self.probe_mode == "framed",
+             "auth_keys needs probe_mode 'framed': authentication is made of frames, raw clients cannot do it")
+        for name in ("auth_timeout_ms", "handshake_timeout_ms", "max_pending", "auth_fail_limit",
+                     "auth_fail_window_ms"):
+            need(getattr(self, name) >= 1, "%s must be at least 1, got %r" % (name, getattr(self, name)))
+
+    @property
+    def gated(self):
+        return self.tls_cert is not None or self.auth_keys is not None
 
 
 class HeartbeatServer:
@@ -80,6 +101,10 @@ class HeartbeatServer:
         self.raw = config.probe_mode == "raw"
         self.rng = random.Random()
         self.rbuf = bytearray(READ_BUFFER)
+        # What connections hand asyncio to read into. A view, not the bytearray: asyncio's TLS layer
+        # (sslproto) reads a second record into `buf[offset:]`, which for a bytearray is a copy -- the
+        # bytes would be lost and stale ones delivered in their place.
+        self.rview = memoryview(self.rbuf)
         self.loop = None
         self.port = None
         self.clients = set()  # online connections
@@ -102,6 +127,11 @@ class HeartbeatServer:
         self._window_at = 0.0  # start of the current summary window
         self._window_beats = 0
         self._state = "new"
+        self.gate = None
+        if config.gated:  # imported only when asked for: the plain server never loads ssl or auth
+            from tools.hbserver.gate import Gate
+
+            self.gate = Gate(self, config)  # reads the certificate and key files: ValueError naming them
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -127,6 +157,7 @@ class HeartbeatServer:
             "timeout_ms": cfg.timeout_ms, "heart_reply": "on" if cfg.heart_reply else "off",
             "probe_ms": cfg.probe_ms, "probe_mode": cfg.probe_mode, "probe_bytes": cfg.probe_bytes,
             "max_clients": cfg.max_clients, "max_payload": cfg.max_payload,
+            "tls": "on" if cfg.tls_cert else "off", "auth": "on" if cfg.auth_keys is not None else "off",
             "loop": type(self.loop).__module__.split(".")[0]})
         return self.port
 
@@ -143,6 +174,8 @@ class HeartbeatServer:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.gate is not None:
+            self.gate.close_all()
         for c in list(self.clients):
             self._offline(c, "shutdown")
         if self._conns:
@@ -183,6 +216,12 @@ class HeartbeatServer:
 
     def _admit(self, conn):
         self._conns.add(conn)
+        if self.gate is not None and self._state == "running":
+            self.gate.enter(conn)  # TLS and/or authentication first; the gate calls _admit_now
+            return
+        self._admit_now(conn)
+
+    def _admit_now(self, conn):
         cfg = self.config
         if self._state != "running" or (cfg.max_clients and len(self.clients) >= cfg.max_clients):
             self.refused += 1
