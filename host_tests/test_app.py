@@ -187,7 +187,7 @@ def test_a_failing_handler_costs_that_payload_only():
         await asyncio.sleep(0.1)
         assert got == [b"one", b"two"]
         err = [x for x in h.lines if " app_error " in x]
-        assert len(err) == 1 and "where=on_data error=ValueError:cannot_parse" in err[0]
+        assert len(err) == 1 and "where=on_data error=ValueError:_cannot_parse" in err[0]
         assert "disconnected" not in h.names()
 
     vloop.run(main())

@@ -39,8 +39,14 @@ class Harness:
         cfg.setdefault("stats_ms", 0)
         self.lines = []
         self.net = net
-        self.client = Client(Config(cfg), board(board_name), net, Events(write=self.lines.append))
+        self.client = Client(Config(cfg), board(board_name), net, Events(write=self._write))
         self.task = None
+        self._grew = None  # set on every line: waits wake on output, not on a polling clock
+
+    def _write(self, line):
+        self.lines.append(line)
+        if self._grew is not None:
+            self._grew.set()
 
     def start(self):
         self.task = asyncio.create_task(self.client.run())
@@ -50,12 +56,20 @@ class Harness:
         return [e for e in out if name is None or e[1] == name]
 
     async def wait_event(self, name, count=1, limit_s=3600):
-        # Polls on the virtual clock: costs no real time.
+        # Woken by each new line; the limit is on the virtual clock, which jumps over idle time, so even
+        # a wait that runs out costs no real time (a poll every virtual ms would cost minutes).
         loop = asyncio.get_running_loop()
         end = loop.time() + limit_s
+        if self._grew is None:
+            self._grew = asyncio.Event()
         while len(self.events(name)) < count:
-            assert loop.time() < end, "no %r event within %ss; lines: %s" % (name, limit_s, self.lines[-10:])
-            await asyncio.sleep(0.001)
+            left = end - loop.time()
+            assert left > 0, "no %r event within %ss; lines: %s" % (name, limit_s, self.lines[-10:])
+            self._grew.clear()
+            try:
+                await asyncio.wait_for(self._grew.wait(), left)
+            except asyncio.TimeoutError:
+                pass
         return self.events(name)[count - 1]
 
 
@@ -70,7 +84,7 @@ def frames_of(data, max_payload=1024):
 def test_refused_attempts_retry_every_retry_ms_and_close_each_socket():
     async def main():
         net = FakeNet([REFUSE, REFUSE_NOW, REFUSE, REFUSE])
-        h = Harness(net, retry_ms=100)
+        h = Harness(net, retry_ms=100, verbose=True)  # every failure printed, past the first few
         h.start()
         await h.wait_event("connect_failed", 4)
         gaps = [round((b - a) * 1000) for a, b in zip(net.attempt_times, net.attempt_times[1:])]
@@ -355,7 +369,7 @@ def test_backoff_grows_to_its_cap_with_full_jitter(monkeypatch):
 
     async def main():
         net = FakeNet([REFUSE] * 7)
-        h = Harness(net, retry_ms=100, backoff_max_ms=1000)
+        h = Harness(net, retry_ms=100, backoff_max_ms=1000, verbose=True)
         h.start()
         await h.wait_event("connect_failed", 7)
         gaps = [round((b - a) * 1000) for a, b in zip(net.attempt_times, net.attempt_times[1:])]

@@ -73,10 +73,10 @@ def test_a_config_error_ends_quietly_on_a_board_and_with_a_status_on_the_host(ru
     argv = hostrun.runtime_argv(runtime)
     board = subprocess.run(argv + ["main.py"], cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
     assert board.returncode == 0, board.stdout + board.stderr
-    assert "config_error beat_ms" in board.stdout and "SystemExit" not in board.stdout + board.stderr
+    assert "config_error config.json: beat_ms" in board.stdout and "SystemExit" not in board.stdout + board.stderr
     host = subprocess.run(argv + ["main.py", "config.json", "board.json"], cwd=str(tmp_path),
                           capture_output=True, text=True, timeout=60)
-    assert host.returncode == 2 and "config_error beat_ms" in host.stdout, host.stdout + host.stderr
+    assert host.returncode == 2 and " config_error " in host.stdout and "beat_ms" in host.stdout, host.stdout + host.stderr
 
 
 @pytest.mark.parametrize("runtime", ["micropython", "micropython32"])

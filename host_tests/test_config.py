@@ -83,9 +83,9 @@ def test_truncated_documents_are_caught_before_json(text, ok, tmp_path):
     p = tmp_path / "c.json"
     p.write_text(text)
     if ok:
-        from firmware.hbkeep.config import _balanced
+        from firmware.hbkeep.config import parse
 
-        assert _balanced(text)
+        assert isinstance(parse(text.encode(), "c.json"), dict)
     else:
         with pytest.raises(ConfigError, match="not valid JSON"):
             load(str(p))

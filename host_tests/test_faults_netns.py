@@ -15,6 +15,9 @@ import netns
 from faultkit import TOL_MS, HarnessProc, LineProc, SocketServer
 from fwproc import runtime  # noqa: F401  (the runtime fixture)
 
+# Long by design (thousands of cycles, a simulated day, namespaces): more than pytest.ini's 60 s.
+pytestmark = pytest.mark.timeout(600)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _subnets = iter(range(10, 250))
 

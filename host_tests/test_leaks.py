@@ -4,10 +4,14 @@ on MicroPython, heap in use after gc.collect() must stay flat; the harness (fwha
 inside the firmware process at every 1,000th disconnect."""
 import time
 
+import pytest
 
 import faultrec
 from faultkit import CloseAtOnceServer, HarnessProc
 from fwproc import runtime  # noqa: F401  (the runtime fixture)
+
+# Long by design (thousands of cycles, a simulated day, namespaces): more than pytest.ini's 60 s.
+pytestmark = pytest.mark.timeout(300)
 
 CYCLES = {"micropython": 10000, "cpython": 2000}
 EVERY = {"micropython": 1000, "cpython": 250}

@@ -19,6 +19,8 @@ import os
 import random
 import time
 
+import pytest
+
 import faultrec
 import frames
 from firmware.hbkeep import protocol
@@ -26,6 +28,9 @@ from firmware.hbkeep.protocol_host import encode
 from shim import vloop
 from shim.fakenet import HANG, REFUSE, FakeConn, FakeNet
 from test_client import Harness  # the Harness drives the real Client
+
+# Long by design (thousands of cycles, a simulated day, namespaces): more than pytest.ini's 60 s.
+pytestmark = pytest.mark.timeout(300)
 
 SEED = int(os.environ.get("HB_SOAK_SEED", "20240604"))
 HOURS = 24

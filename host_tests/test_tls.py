@@ -249,7 +249,8 @@ def test_failed_handshakes_leave_no_descriptor_behind(any_runtime, pki):
 
     srv = ServerProc("--tick-ms", "100", "--summary-ms", "0", *pki.server_args())
     try:
-        with FwProc(any_runtime, tls_cfg(srv.port, pki.other_ca_pem, retry_ms=10)) as fw:
+        # verbose: every failed attempt keeps its line (otherwise only the first 3, then summaries)
+        with FwProc(any_runtime, tls_cfg(srv.port, pki.other_ca_pem, retry_ms=10, verbose=True)) as fw:
             fw.wait_event("connect_failed", timeout=15, where=lambda f: f["attempt"] == "3")
             fds = lambda: len(os.listdir("/proc/%d/fd" % fw.proc.pid))  # noqa: E731
             early = fds()

@@ -37,6 +37,7 @@ def main(argv=None):
         [sys.executable, "-u", "-m", "tools.hbserver", "--host", "127.0.0.1", "--port", str(args.port),
          "--tick-ms", str(args.beat_ms), "--probe-ms", str(args.probe_ms), "--summary-ms", "5000"],
         stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        process_group=0,  # see below: the children hear a stop from the demo only, once
     )
     follow("server", server.stdout, q)
     port = None
@@ -57,7 +58,10 @@ def main(argv=None):
 
     cfg = {"host": "127.0.0.1", "port": port, "beat_ms": args.beat_ms, "verbose": True, "stats_ms": 10000}
     try:
-        device, workdir = hostrun.start(args.runtime, cfg, workdir=tempfile.mkdtemp(prefix="demo-"))
+        # Own process groups: a Ctrl-C at the terminal reaches the demo alone, which then sends each child
+        # one SIGINT. Left in the terminal's group they would get two, racing (a traceback instead of the
+        # final stats, or the MicroPython unix port's immediate exit on a second pending SIGINT).
+        device, workdir = hostrun.start(args.runtime, cfg, workdir=tempfile.mkdtemp(prefix="demo-"), process_group=0)
     except RuntimeError as e:
         server.terminate()
         print("demo: %s" % e, file=sys.stderr)

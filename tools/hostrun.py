@@ -120,14 +120,15 @@ def main(argv=None):
 
     cfg = {}
     if args.config:
+        # The firmware's own reader: a file hostrun accepts is one the board accepts, and the other way round.
         try:
-            with open(args.config) as f:
-                cfg = json.load(f)
-        except OSError as e:
-            ap.error("--config %s: %s" % (args.config, e.strerror))
-        except ValueError as e:
-            ap.error("--config %s: not valid JSON (%s)" % (args.config, e))
-        tls = cfg.get("tls") if isinstance(cfg, dict) else None
+            cfg = fw_config.read(args.config)
+            if not isinstance(cfg, dict):
+                raise fw_config.ConfigError("%s: expected a JSON object at the top level" % args.config)
+        except fw_config.ConfigError as e:
+            print("hostrun: config_error %s" % e, file=sys.stderr)
+            return 2
+        tls = cfg.get("tls")
         if isinstance(tls, dict) and isinstance(tls.get("ca"), str) and not os.path.isabs(tls["ca"]):
             # The config runs from a temporary copy: a CA path relative to the file must stay so.
             tls["ca"] = os.path.join(os.path.dirname(os.path.abspath(args.config)), tls["ca"])
@@ -138,7 +139,14 @@ def main(argv=None):
             if isinstance(tls, dict) and isinstance(tls.get("ca"), str):
                 tls["ca"] = os.path.abspath(tls["ca"])  # given by --set: relative to where we were started
             argv_ = command(args.runtime, prepare(cfg, workdir), args.board)
-        except (ValueError, fw_config.ConfigError) as e:
+        except fw_config.ConfigError as e:
+            # Named as the firmware names it: which file (and whether --set took part), then which key.
+            where = args.config if args.config else None
+            if where and args.set:
+                where += " with --set"
+            print("hostrun: config_error %s" % ("%s: %s" % (where, e) if where else e), file=sys.stderr)
+            return 2
+        except ValueError as e:
             print("hostrun: error: %s" % e, file=sys.stderr)
             return 2
         except RuntimeError as e:  # mpbin could not provide the binary
@@ -148,14 +156,22 @@ def main(argv=None):
 
 
 def _run_child(argv_):
-    child = subprocess.Popen(argv_, cwd=FIRMWARE_DIR, preexec_fn=default_sigint)
+    # The child gets a process group of its own, so a Ctrl-C at the terminal reaches hostrun alone and
+    # the firmware gets exactly one SIGINT, the forwarded one. In the terminal's group it would get two,
+    # racing: a second one while the first is pending makes the MicroPython unix port exit(1) at once,
+    # and one arriving while the final stats print cuts them off with a traceback.
+    child = subprocess.Popen(argv_, cwd=FIRMWARE_DIR, preexec_fn=default_sigint, process_group=0)
 
     def forward(signum, frame):
-        # SIGINT becomes KeyboardInterrupt in the firmware, which prints its final stats.
-        child.send_signal(signal.SIGINT if signum == signal.SIGINT else signum)
+        # Every stop request becomes SIGINT, which the firmware turns into `stopped` and its final stats
+        # on both runtimes (the MicroPython unix port has no SIGTERM handler of its own).
+        try:
+            child.send_signal(signal.SIGINT)
+        except OSError:
+            pass
 
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
     rc = child.wait()
     return 0 if rc in (0, -signal.SIGINT, -signal.SIGTERM) else rc
 

@@ -75,10 +75,6 @@ def new_loop():
     pass  # asyncio.run makes a new loop every time
 
 
-def mem_free():
-    return 0
-
-
 def mem_alloc():
     return 0  # CPython's heap is not the board's; figures come from MicroPython only
 
@@ -155,3 +151,26 @@ def net_class(base):
         try_write = staticmethod(try_write)
 
     return Net
+
+
+def mem_free():
+    return -1  # unknown: CPython's heap grows on demand
+
+
+def on_terminate(record):
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does, after record() notes why."""
+    import signal
+
+    def stop(signum, frame):
+        record()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def ignore_interrupts():
+    # While the last lines are written: a second Ctrl-C or SIGTERM must not cut them short.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

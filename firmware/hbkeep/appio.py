@@ -8,7 +8,7 @@
 from . import compat, protocol
 from .compat import ticks_ms, sleep_ms
 from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE
-from .events import describe, SMALL_INT_MAX
+from .events import SMALL_INT_MAX
 from .client import R_EOF, R_PROTOCOL, R_RESET
 
 
@@ -137,4 +137,4 @@ def _call(client, handler, payload):
     try:
         handler(payload)
     except Exception as e:
-        client.ev.emit("app_error", "where", "on_data", "error", describe(e))
+        client.ev.emit("app_error", "where", "on_data", "error", compat.exc_text(e))

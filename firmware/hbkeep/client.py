@@ -13,10 +13,11 @@ from . import protocol
 from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE, ERROR
 from . import sockopts
 from .link import Link, BEAT, SILENT, STALLED
-from .events import Events, Stats, describe
+from .events import Events, Stats
+from .repeats import FailureRun
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # for mypy only: at run time the validator's module may leave the heap after start
+if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
     from .config import Config
 
 VERSION = "0.1.0"
@@ -28,7 +29,7 @@ R_PROTOCOL = "protocol"  # the server broke the wire format
 R_SILENCE = "silence"  # nothing received for peer_miss x beat_ms
 R_STALL = "write_stall"  # the server stopped reading for peer_miss x beat_ms
 R_STOP = "stop"  # the client was stopped
-R_CRASH = "crash"  # a bug in the supervisor: the connection is restarted
+R_ERROR = "error"  # an exception nobody foresaw (a bug, a MemoryError); detail names its type
 R_AUTH = "auth"  # authentication failed: wrong proof, an unexpected frame, closed or timed out
 
 
@@ -67,6 +68,7 @@ class Client:
         self._detail = None
         self._rx_task = None
         self._beat_task = None  # finishes a beat the socket took only part of
+        self.failing = FailureRun(cfg.verbose)  # which connect failures get a line of their own
         # The application's side (docs/APP.md, appio.py): a handler for received DATA payloads (None: the
         # seed's upper-case echo, in place and allocation-free) and send() for frames of its own.
         self.on_data = None
@@ -101,16 +103,12 @@ class Client:
         try:
             while True:
                 self._bump()
-                if not self.net.link_up():
-                    await self.pause(link.retry_delay(compat.rand_below))
-                    continue
-                if self.addr is None and not self._resolve():
+                # Nothing raised in one attempt ends the client: it becomes an event and a retry.
+                try:
+                    await self._attempt()
+                except Exception as e:
+                    self.error("attempt", e)
                     link.connect_failed()
-                    await self.pause(link.retry_delay(compat.rand_below))
-                    continue
-                sock = await self._connect()
-                if sock is not None:
-                    await self._session(sock)
                 await self.pause(link.retry_delay(compat.rand_below))
         finally:
             if stats_task:
@@ -130,13 +128,37 @@ class Client:
             ms -= pulse
         await sleep_ms(ms)
 
+    async def _attempt(self):
+        if not self.net.link_up():
+            return
+        if self.addr is None and not self._resolve():
+            self.link.connect_failed()
+            return
+        sock = await self._connect()
+        if sock is not None:
+            await self._session(sock)
+
+    def error(self, where, e):
+        # Where an exception nobody foresaw was caught, and what it was. Never the end of the firmware.
+        self.ev.emit("client_error", "where", where, "error", compat.exc_text(e))
+
+    def _failed(self, now, reason):
+        """True when this failure gets its own line; else maybe a summary line is due instead."""
+        if self.failing.failed(now, reason):
+            return True
+        if self.failing.summary_due(now):
+            self.ev.emit("connect_failing", *self.failing.summary(now))
+        return False
+
     def _resolve(self):
         cfg = self.cfg
         try:
             self.addr = self.net.resolve(cfg.host, cfg.port)
         except OSError as e:
             self.stats.connect_failed("resolve")
-            self.ev.emit("resolve_failed", "host", cfg.host, "error", compat.errno_name(e))
+            name = compat.errno_name(e)
+            if self._failed(ticks_ms(), name):
+                self.ev.emit("resolve_failed", "host", cfg.host, "error", name)
             return False
         self.ev.emit("resolved", "host", cfg.host, "addr", self.net.addr_str(self.addr))
         return True
@@ -168,10 +190,11 @@ class Client:
                 net.close(sock)  # the seed leaks one descriptor per failed attempt; we do not
             st.connect_failed(reason)
             self.link.connect_failed()
-            self.ev.emit(
-                "connect_failed", "attempt", st.attempts, "reason", reason,
-                "took_ms", ticks_diff(ticks_ms(), t0),
-            )
+            now = ticks_ms()
+            if self._failed(now, reason):
+                self.ev.emit(
+                    "connect_failed", "attempt", st.attempts, "reason", reason, "took_ms", ticks_diff(now, t0),
+                )
             return None
         applied, lacking, failed = sockopts.apply(net, sock, self.board.get("sockopts", {}), cfg)
         pre = 0
@@ -181,6 +204,9 @@ class Client:
             sock, pre = await self._tls_start(tlsc, sock, t0)
             if sock is None:
                 return None
+        summary = self.failing.ended(ticks_ms())  # a run of failures ends with a connection, not a TCP one
+        if summary is not None:
+            self.ev.emit("connect_failing", *summary)
         st.connects += 1
         self.ev.emit(
             "connected", "addr", net.addr_str(self.addr), "attempt", st.attempts,
@@ -230,10 +256,12 @@ class Client:
         net.close(raw)  # a failed MicroPython handshake detaches the TLS socket from it: close it too
         self.stats.connect_failed(reason)
         self.link.connect_failed()
-        self.ev.emit(
-            "connect_failed", "attempt", self.stats.attempts, "reason", reason, "detail", detail,
-            "took_ms", ticks_diff(ticks_ms(), t0),
-        )
+        now = ticks_ms()
+        if self._failed(now, reason):  # a server with a bad certificate fails every attempt: summarised too
+            self.ev.emit(
+                "connect_failed", "attempt", self.stats.attempts, "reason", reason, "detail", detail,
+                "took_ms", ticks_diff(now, t0),
+            )
         return None, 0
 
     async def _authenticate(self, auth, sock, pre):
@@ -315,7 +343,7 @@ class Client:
         else:
             rx = compat.create_task(self._receive_framed(sock) if self.framed else self._receive_raw(sock))
         self._rx_task = rx
-        sup = compat.create_task(self._guard(sock))
+        sup = compat.create_task(self._guarded(self._supervise(sock), "supervisor"))
         try:
             try:
                 self._reason = await rx
@@ -326,6 +354,10 @@ class Client:
             except OSError as e:
                 self._reason = R_RESET
                 self._detail = compat.errno_name(e)
+            except Exception as e:
+                self.error("receiver", e)
+                self._reason = R_ERROR
+                self._detail = type(e).__name__
         finally:
             self.connected.clear()
             sup.cancel()
@@ -348,23 +380,21 @@ class Client:
                 "up_ms", ticks_diff(now, self.link.since),
             )
 
+    async def _guarded(self, coro, where):
+        # A task that dies of an exception would leave the session half-alive (no beats, no silence
+        # checks); instead the session ends with reason=error and the client reconnects.
+        try:
+            await coro
+        except Exception as e:
+            self.error(where, e)
+            self._abort(R_ERROR, type(e).__name__)
+
     def _abort(self, reason, detail):
         # Called by the supervisor: end the receiver, and so the session, with this reason.
         self._reason = reason
         self._detail = detail
         if self._rx_task is not None:
             self._rx_task.cancel()
-
-    async def _guard(self, sock):
-        # A bug in the supervisor is an event and a new connection, never a connection that runs on
-        # unsupervised (no beats, no silence detection).
-        try:
-            await self._supervise(sock)
-        except compat.CancelledError:
-            raise
-        except Exception as e:
-            self.ev.emit("crash", "task", "supervisor", "error", describe(e))
-            self._abort(R_CRASH, type(e).__name__)
 
     async def _supervise(self, sock):
         link = self.link
@@ -415,6 +445,9 @@ class Client:
             await self._send_rest(sock, self.beat, sent, HEADER_SIZE - sent, True)
         except OSError as e:
             self._abort(R_RESET, compat.errno_name(e))
+        except Exception as e:
+            self.error("beat", e)
+            self._abort(R_ERROR, type(e).__name__)
 
     # -- writing: both tasks write, never interleaving two frames ------------------------------
     def _send(self, sock, buf, off, n):
@@ -596,7 +629,10 @@ class Client:
     async def _stats_loop(self):
         while True:
             await sleep_ms(self.cfg.stats_ms)
-            self.emit_stats()
+            try:
+                self.emit_stats()
+            except Exception as e:
+                self.error("stats", e)
 
     def emit_stats(self):
         # On MicroPython the line also carries the heap: bytes in use and free (gc.mem_alloc/mem_free).

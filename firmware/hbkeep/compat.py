@@ -65,8 +65,12 @@ if MICROPYTHON:
     sleep_ms = asyncio.sleep_ms  # returns a reusable singleton: sleeping allocates nothing
     wait_for_ms = asyncio.wait_for_ms
 
+    _out = sys.stdout
+
     def write_line(s):
-        print(s)
+        # One write per line, newline included: print(s) writes the text and the newline separately,
+        # and a Ctrl-C landing between the two glued the next line (`stopped`) onto this one.
+        _out.write(s + "\n")
 
     def block_ms(ms):
         time.sleep_ms(ms)
@@ -88,6 +92,12 @@ if MICROPYTHON:
 
     def mem_free():
         return gc.mem_free()
+
+    def on_terminate():
+        pass  # no signal module: on a board nothing sends SIGTERM; on the unix port hostrun turns it into SIGINT
+
+    def ignore_interrupts():
+        pass  # the unix port's handler cannot be swapped from Python; main.final_lines retries instead
 
     def collect():
         gc.collect()
@@ -124,8 +134,32 @@ else:
     from ._cpython import (  # noqa: F401
         upcase, copy_bytes, ticks_ms, ticks_diff, ticks_add, sleep_ms, wait_for_ms, write_line,
         mem_alloc, mem_free, collect, block_ms, forget_module, new_loop, wait_readable, wait_writable,
-        try_read, try_write, rand_below,
+        try_read, try_write, rand_below, ignore_interrupts, on_terminate as _on_terminate,
     )
+
+    def on_terminate():
+        # SIGTERM stops the firmware like Ctrl-C does: `stopped` and the final stats, exit code 0.
+        _on_terminate(_terminated)
+
+
+# The `reason=` of the `stopped` line.
+STOP_INTERRUPT = "interrupt"
+STOP_TERMINATE = "terminate"
+_stop = [STOP_INTERRUPT]
+
+
+def stop_reason():
+    return _stop[0]
+
+
+def _terminated():
+    _stop[0] = STOP_TERMINATE
+
+
+def exc_text(e):
+    # "MemoryError: memory allocation failed", one line: for events about exceptions nobody foresaw.
+    text = str(e)
+    return type(e).__name__ + (": " + text if text else "")
 
 
 def machine_has(name):
@@ -161,6 +195,35 @@ def exit_status(rc):
 # between newlib (esp32), MicroPython's own table (rp2) and Linux (unix, CPython). The board table's
 # "errno_names" gives the names for the numbers its socket layer raises; Net(board) installs them here.
 _port_names = {}  # type: dict[int, str]
+
+
+# getaddrinfo's failures by number: glibc's (negative; CPython's socket.gaierror and the MicroPython unix
+# port's "[addrinfo error N]") and lwIP's netdb.h (positive, from 200).
+_EAI = {
+    -1: "EAI_BADFLAGS", -2: "EAI_NONAME", -3: "EAI_AGAIN", -4: "EAI_FAIL", -5: "EAI_NODATA",
+    -6: "EAI_FAMILY", -7: "EAI_SOCKTYPE", -8: "EAI_SERVICE", -9: "EAI_ADDRFAMILY", -10: "EAI_MEMORY",
+    -11: "EAI_SYSTEM", -12: "EAI_OVERFLOW",
+    200: "EAI_NONAME", 201: "EAI_SERVICE", 202: "EAI_FAIL", 203: "EAI_MEMORY", 204: "EAI_FAMILY",
+    210: "EAI_NONAME", 211: "EAI_NODATA", 212: "EAI_FAIL", 213: "EAI_AGAIN",
+}
+
+
+class ResolveError(OSError):
+    """A failed lookup; args[0] is the failure's name (EAI_NONAME...), as errno_name reports it."""
+
+
+def resolve_error_name(e):
+    n = e.args[0] if e.args else 0
+    if isinstance(n, str):
+        # MicroPython: OSError("[addrinfo error -2]")
+        digits = n.strip("[]").split(" ")[-1]
+        try:
+            n = int(digits)
+        except ValueError:
+            return "EAI_FAIL"
+    if n in _EAI:
+        return _EAI[n]
+    return errno_name(e) if isinstance(e.args[0] if e.args else 0, int) else "EAI_%d" % n
 
 
 def errno_name(e):
@@ -224,8 +287,16 @@ class LwipNet:
 
     def resolve(self, host, port):
         # Blocking on every port (rp2 busy-polls, seconds per DNS server): the client calls this only while
-        # the link is up, once, and caches the result.
-        ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+        # the link is up, once, and caches the result. Failures are raised as ResolveError, with one name
+        # for one failure on every runtime.
+        try:
+            ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+        except OSError as e:
+            raise ResolveError(resolve_error_name(e))
+        except ValueError:
+            # CPython's IDNA codec refuses a label over 63 characters (UnicodeError) where the C
+            # resolver answers "no such name": the same answer, whatever the runtime.
+            raise ResolveError("EAI_NONAME")
         return (ai[0], ai[1], ai[2], ai[-1])
 
     def open(self, addr):

@@ -223,47 +223,45 @@ class Config:
             self.auth_timeout_ms = _check("auth.timeout_ms", AUTH_SPEC["timeout_ms"], auth["timeout_ms"])
 
 
-def load(path) -> Config:
-    import json
+MAX_FILE_BYTES = 8192  # a full config with Wi-Fi is under 1 KiB; more is not a config, and costs heap
 
+
+def parse(data, path):
+    """The JSON object in `data` (bytes), parsed by the strict reader every runtime shares; raises
+    ConfigError naming `path` and what is wrong. tools.hostrun reads --config files with this too."""
+    from .strictjson import JSONError, loads
+
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError("%s: too large (%d bytes; a config is at most %d)" % (path, len(data), MAX_FILE_BYTES))
     try:
-        with open(path) as f:
-            text = f.read()
+        data.decode()
+    except UnicodeError:
+        raise ConfigError("%s: not UTF-8 text (a config is JSON, saved as UTF-8)" % path)
+    try:
+        return loads(data)
+    except JSONError as e:
+        raise ConfigError("%s: not valid JSON (%s)" % (path, e))
+
+
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            # One byte past the limit is enough to know the file is too large, without reading it all.
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise ConfigError("%s: cannot read config file (%s)" % (path, e))
-    if not _balanced(text):
-        # MicroPython's json.loads accepts a document cut short ('{"beat_ms": 100'): a half-finished
-        # upload to the board would otherwise start with defaults instead of stopping.
-        raise ConfigError("%s: not valid JSON (unbalanced brackets: is the file complete?)" % path)
+    return parse(data, path)
+
+
+def load(path) -> Config:
+    data = read(path)
+    if not isinstance(data, dict):
+        raise ConfigError("%s: expected a JSON object at the top level" % path)
     try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise ConfigError("%s: not valid JSON (%s)" % (path, e))
-    cfg = Config(data)
+        cfg = Config(data)
+    except ConfigError as e:
+        raise ConfigError("%s: %s" % (path, e))  # which file, then which key
     ca = cfg.tls_ca
     if ca and not ca.startswith("/") and "/" in path:
         cfg.tls_ca = path[: path.rfind("/") + 1] + ca  # relative to the config file, as on the board
     return cfg
-
-
-def _balanced(text):
-    depth = 0
-    in_str = False
-    escaped = False
-    for c in text:
-        if in_str:
-            if escaped:
-                escaped = False
-            elif c == "\\":
-                escaped = True
-            elif c == '"':
-                in_str = False
-        elif c == '"':
-            in_str = True
-        elif c == "{" or c == "[":
-            depth += 1
-        elif c == "}" or c == "]":
-            depth -= 1
-            if depth < 0:
-                return False
-    return depth == 0 and not in_str

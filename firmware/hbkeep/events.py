@@ -3,11 +3,6 @@
 from .compat import ticks_ms, write_line
 
 
-def describe(e):
-    # What an event prints of an exception: "OSError:[Errno_104]_ECONNRESET", "ValueError:bad".
-    return "%s:%s" % (type(e).__name__, e)
-
-
 class Events:
     def __init__(self, write=write_line, clock=ticks_ms, verbose=False, secret=None):
         self.write = write

@@ -52,8 +52,20 @@ def read_int32(b, o):
 class Decoder:
     def __init__(self, max_payload):
         self.max_payload = max_payload
-        self.frame = bytearray(HEADER_SIZE + max_payload)
+        self.frame = self._buffer(max_payload)
         self.reset()
+
+    def _buffer(self, max_payload):
+        # The firmware holds one frame buffer for life, allocated here once: nothing per frame.
+        return bytearray(HEADER_SIZE + max_payload)
+
+    def _room(self, total, need):
+        """The buffer a split frame of `total` bytes is assembled in, holding at least its first `need`
+        bytes (the `have` already held are kept).
+
+        Here the one preallocated buffer; a server with many idle clients overrides this to allocate
+        only while a frame is actually split, and only as much as has arrived (tools/hbserver/conn.py)."""
+        return self.frame
 
     def reset(self):
         self.have = 0  # bytes of a split frame held in self.frame
@@ -106,7 +118,7 @@ class Decoder:
                 self.start = pos
                 self.event = FRAME_IN_PLACE
                 return pos + total
-            copy_bytes(self.frame, 0, buf, pos, end - pos)
+            copy_bytes(self._room(total, end - pos), 0, buf, pos, end - pos)
             self.have = end - pos
             self.event = NEED_MORE
             return end
@@ -129,6 +141,7 @@ class Decoder:
         if k > end - pos:
             k = end - pos
         if k:
+            frame = self._room(total, have + k)
             copy_bytes(frame, have, buf, pos, k)
             pos += k
             have += k

@@ -7,7 +7,6 @@
 # application, the client -- each restarted after an exception with a pause that grows while it keeps
 # failing. Only an interrupt (Ctrl-C, mpremote) ends the firmware.
 from . import compat
-from .events import describe
 
 PAUSE_FIRST_MS = 1000
 PAUSE_MAX_MS = 60000
@@ -57,25 +56,39 @@ class Firmware:
 
     def run(self):
         pause = 0
+        reason = compat.STOP_INTERRUPT
         try:
+            compat.on_terminate()  # SIGTERM, where the runtime can catch it, stops us like Ctrl-C
             while True:
                 try:
                     compat.run(self.services())
                 except Exception as e:  # escaped the event loop itself
                     pause = next_pause(pause)
-                    self.ev.emit("crash", "task", "loop", "error", describe(e), "restart_ms", pause)
+                    self.ev.emit("crash", "task", "loop", "error", compat.exc_text(e), "restart_ms", pause)
                     compat.block_ms(pause)
                     compat.new_loop()
         except KeyboardInterrupt:
-            self.interrupted()
+            reason = compat.stop_reason()
+        self.interrupted(reason)
         return OK
 
-    def interrupted(self):
+    def interrupted(self, reason=compat.STOP_INTERRUPT):
         # First keep the board alive under the user; the lines can wait a moment.
         if self.feeder is not None:
-            self.feeder.park(self.board, "interrupt")
-        self.ev.emit("stopped", "reason", "interrupt")
-        self.client.emit_stats()
+            self.feeder.park(self.board, reason)
+        # An interrupt that stopped us may be followed by another (a terminal and a parent both sending
+        # SIGINT); it must not cut the last two lines short: each is retried until written.
+        compat.ignore_interrupts()
+        for line in (0, 1):
+            for _ in range(3):
+                try:
+                    if line == 0:
+                        self.ev.emit("stopped", "reason", reason)
+                    else:
+                        self.client.emit_stats()
+                    break
+                except KeyboardInterrupt:
+                    pass
 
     async def services(self):
         cfg = self.cfg
@@ -123,6 +136,6 @@ class Firmware:
                 if compat.ticks_diff(compat.ticks_ms(), t0) >= STEADY_MS:
                     pause = 0
                 pause = next_pause(pause)
-                self.ev.emit("crash", "task", name, "error", describe(e), "restart_ms", pause)
+                self.ev.emit("crash", "task", name, "error", compat.exc_text(e), "restart_ms", pause)
             # Sliced so that the watchdog sees a deliberate wait, not a hang.
             await self.client.pause(pause)

@@ -56,29 +56,51 @@ def load_settings(path):
     return cfg
 
 
+def _fail(kind, text):
+    _line("%s %s" % (kind, str(text).replace("\n", " ")))
+    return BAD_FILE
+
+
 def prepare(config_path, board_path):
-    """(cfg, board, client) ready to run, or the exit code when nothing is to start."""
+    """(cfg, board, client) ready to run, or the exit code when nothing is to start. Whatever the files
+    hold, this ends in one line (`autostart`, `board_error`, `config_error`) or a client: never a traceback."""
     if _exists(NOBOOT_FILE):
         _line("autostart state=off reason=noboot_file")
         return OK
     try:
         board = compat.load_json(board_path)
-    except (OSError, ValueError) as e:
-        _line("board_error path=%s error=%s" % (board_path, str(e).replace(" ", "_")))
-        return BAD_FILE
+    except Exception as e:
+        return _fail("board_error", "path=%s error=%s" % (board_path, compat.exc_text(e)))
     if boot_hold(board):
         _line("autostart state=off reason=boot_hold_pin pin=%s" % board["boot_hold_pin"])
         return OK
     try:
         cfg = load_settings(config_path)
     except ValueError as e:  # config.ConfigError
-        _line("config_error %s" % str(e).replace("\n", " "))
-        return BAD_FILE
-    from .client import Client  # after the config is known good: less heap on a failed start
-
+        return _fail("config_error", e)
+    except Exception as e:  # MemoryError on a tiny heap, or anything the validator did not foresee
+        return _fail("config_error", "%s: %s" % (config_path, compat.exc_text(e)))
     try:
+        from .client import Client  # after the config is known good: less heap on a failed start
+
         client = Client(cfg, board, compat.Net(board))  # the port's socket answers from the table
     except ValueError as e:  # an unreadable TLS CA file (tls.CaError): named like any config error
-        _line("config_error %s" % str(e).replace(" ", "_"))
-        return BAD_FILE
+        return _fail("config_error", str(e).replace(" ", "_"))
+    except MemoryError:
+        # The ranges in the config are the protocol's; what fits is the heap's. A buffer that cannot be
+        # allocated is the config's fault, and the key that sized it is named.
+        compat.collect()
+        return _fail("config_error", "%s: %s" % (config_path, buffer_hint(cfg)))
     return cfg, board, client
+
+
+def buffer_hint(cfg):
+    # Mirrors Client's sizing: the read buffer and, in framed mode, the decoder's frame buffer.
+    need = cfg.rx_buf
+    key = "rx_buf"
+    if cfg.mode == "framed":
+        frame = 8 + cfg.max_payload
+        key = "max_payload" if frame >= cfg.rx_buf else "rx_buf"
+        need = max(cfg.rx_buf, frame) + frame
+    return "%s=%d: buffers of %d bytes do not fit in the heap (%d bytes free); lower %s" % (
+        key, getattr(cfg, key), need, compat.mem_free(), key)

@@ -7,7 +7,6 @@
 from . import compat
 from .compat import ticks_ms, ticks_diff, sleep_ms
 from . import wdtpark
-from .events import describe
 
 
 def timeout_for(cfg, board, ev):
@@ -81,7 +80,7 @@ class Feeder:
             try:
                 wdtpark.park(board, reason, self._say)
             except Exception as e:  # said, so that a reset that follows is explained; the REPL stays free
-                self.ev.emit("watchdog", "state", "park_failed", "error", describe(e))
+                self.ev.emit("watchdog", "state", "park_failed", "error", compat.exc_text(e))
 
     def _say(self, body):
         self.ev.write("%d %s" % (self.ev.clock(), body))

@@ -68,6 +68,8 @@ def build_parser():
     a("--summary-ms", type=_int_in(0, 3600000), default=d.summary_ms,
       help="summary line period, 0 = none (default %(default)s)")
     a("--backlog", type=_int_in(1, 65535), default=d.backlog, help="listen backlog (default %(default)s)")
+    a("--close-ms", type=_int_in(1, 3600000), default=d.close_ms,
+      help="a dropped client's unsent bytes may take this long to flush before it is aborted (default %(default)s)")
     a("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop (default asyncio)")
     a("--json", action="store_true", help="print events as JSON lines")
     sec = ap.add_argument_group("security (docs/SECURITY.md; all off by default: the seed's plain protocol)")
@@ -147,10 +149,22 @@ async def serve(config, as_json=False, quiet=False):
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(server.done.wait())]
     try:
-        await stop.wait()
+        # Until a signal, or until the server stops itself because something it cannot run without
+        # failed (a periodic task, or printing events: a closed stdout).
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for w in waits:
+            w.cancel()
         await server.stop()
+    if server.failure is not None:
+        where, exc = server.failure
+        try:
+            print("hbserver: stopped: %s failed: %s: %s" % (where, type(exc).__name__, exc), file=sys.stderr)
+        except OSError:
+            pass
+        return 1
     return 0
 
 
@@ -174,7 +188,7 @@ def main(argv=None):
         heart_reply=not args.no_heart_reply, probe_ms=args.probe_ms, probe_bytes=args.probe_bytes,
         probe_mode=args.probe_mode, probe_late_ms=args.probe_late_ms, max_clients=args.max_clients,
         max_payload=args.max_payload, header_timeout_ms=args.header_timeout_ms, summary_ms=args.summary_ms,
-        verbose=args.verbose, backlog=args.backlog, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        verbose=args.verbose, backlog=args.backlog, close_ms=args.close_ms, tls_cert=args.tls_cert, tls_key=args.tls_key,
         auth_keys=args.auth_keys, auth_timeout_ms=args.auth_timeout_ms,
         handshake_timeout_ms=args.handshake_timeout_ms, max_pending=args.max_pending,
         auth_fail_limit=args.auth_fail_limit, auth_fail_window_ms=args.auth_fail_window_ms)
@@ -193,6 +207,13 @@ def main(argv=None):
     except OSError as e:
         ap.error("--host %s: cannot resolve (%s)" % (args.host, e))
     raise_fd_limit()
-    with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-        return runner.run(serve(config, args.json, args.quiet))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+            rc = runner.run(serve(config, args.json, args.quiet))
+    except KeyboardInterrupt:
+        # SIGINT before serve() installed its handler (a Ctrl-C during start-up): nothing to report.
+        rc = 0
+    # A late duplicate SIGINT (a terminal and a parent both sending one) must not end in a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return rc
 

@@ -3,7 +3,8 @@
 A connection is an asyncio BufferedProtocol rather than a stream: no task, no StreamReader buffer and no
 per-read bytes object per client. Every connection reads into the server's one shared buffer (the loop
 runs one callback at a time, and each read is fully handled before the next one starts), so an idle
-client costs this object, its Decoder (8 + max_payload bytes) and the transport -- a few KiB in all.
+client costs this object, its decoder (an 8-byte header buffer) and the transport -- a few KiB in all,
+whatever --max-payload allows: a frame buffer exists only while a frame is split across reads.
 
 Framing is decoded by the firmware's own sans-IO decoder (firmware/hbkeep/protocol.py); no second decoder.
 Timing (ticks, offline, probe sweeps) is driven by the server's few global tasks, never per client.
@@ -17,6 +18,42 @@ from firmware.hbkeep.protocol import DATA, ERROR, FRAME_ASSEMBLED, FRAME_IN_PLAC
 from tools.hbserver.probe import Probe, check_framed, make_payload, match_raw
 
 HEART_FRAME = encode(HEART)
+KEEP_FRAME_BYTES = 264  # a split-frame buffer up to this size stays for the next split frame
+
+
+class LazyDecoder(protocol.Decoder):
+    """The firmware's decoder with its frame buffer allocated only while a frame is split across reads,
+    grown with the bytes that actually arrive (never to the length a header merely claims), and given
+    back once the frame is done: an idle connection's cost does not grow with max_payload (16 MiB allowed
+    must not mean 16 MiB per idle client), and a peer that announces 16 MiB and sends 9 bytes costs 9."""
+
+    def _buffer(self, max_payload):
+        return bytearray(HEADER_SIZE)
+
+    def _room(self, total, need):
+        frame = self.frame
+        if len(frame) < need:
+            # Doubling keeps the copies of a frame arriving in many reads to O(its size) in all.
+            size = 2 * len(frame)
+            if size < need:
+                size = need
+            if size > total:
+                size = total
+            bigger = bytearray(size)
+            bigger[: self.have] = frame[: self.have]
+            self.frame = frame = bigger
+        return frame
+
+    def release(self):
+        """Called between reads: drop a large assembly buffer no frame is using any more."""
+        if self.have == 0 and len(self.frame) > KEEP_FRAME_BYTES:
+            self.frame = bytearray(HEADER_SIZE)
+
+    def cut(self):
+        """(where, bytes held) of a frame cut short: ("header"|"payload", n), or ("-", 0) if none."""
+        if not self.have:
+            return "-", 0
+        return ("header" if self.have < HEADER_SIZE else "payload"), self.have
 
 # Connection states. A connection is reported online once and offline at most once.
 NEW = 0  # transport made, not yet admitted
@@ -37,7 +74,7 @@ class Conn(asyncio.BufferedProtocol):
     __slots__ = (
         "srv", "transport", "name", "state", "since", "last_heard", "last_frame", "missed", "beats",
         "frames_in", "bytes_in", "frames_out", "bytes_out", "decoder", "partial_since", "probes",
-        "paused", "strays", "addr", "gate",
+        "paused", "strays", "addr", "gate", "abort_timer", "draining",
     )
 
     def __init__(self, srv):
@@ -59,6 +96,8 @@ class Conn(asyncio.BufferedProtocol):
         self.probes = None  # probes in flight, oldest first (a list, made on the first probe)
         self.paused = False  # the transport's write buffer is above its high-water mark
         self.strays = 0  # raw mode: bytes received with no probe in flight
+        self.abort_timer = None  # after close(): aborts the transport if the peer never takes its FIN
+        self.draining = False  # closed by us, transport not yet lost: counted in srv.closing
         self.addr = None  # the peer's address; `name` becomes the device id once authenticated
         self.gate = None  # gate.Pending while in TLS handshake or authentication (gate.py)
 
@@ -95,6 +134,12 @@ class Conn(asyncio.BufferedProtocol):
         return False  # let the transport close our side too
 
     def connection_lost(self, exc):
+        if self.abort_timer is not None:
+            self.abort_timer.cancel()
+            self.abort_timer = None
+        if self.draining:
+            self.draining = False
+            self.srv.closing -= 1
         if self.gate is not None:
             self.srv.gate.lost(self)
         if self.state == ONLINE:
@@ -137,8 +182,21 @@ class Conn(asyncio.BufferedProtocol):
 
     def close(self):
         self.state = GONE
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if not self.draining:
+                self.draining = True
+                self.srv.closing += 1
+            t.close()  # flushes what is queued, then FIN
+            # A peer that never reads again would hold the descriptor and the queued bytes forever:
+            # after the grace period the connection is aborted (RST) instead.
+            if self.abort_timer is None:
+                self.abort_timer = self.srv.loop.call_later(self.srv.close_grace_s, self.abort)
+
+    def abort(self):
+        self.abort_timer = None
         if self.transport is not None:
-            self.transport.close()  # flushes what is queued, then FIN
+            self.transport.abort()
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -159,6 +217,7 @@ class Conn(asyncio.BufferedProtocol):
             elif ev == ERROR:
                 self.srv._protocol_error(self, dec.error_field, dec.error_value, dec.error_reason)
                 return
+        dec.release()
         # The header timeout runs from the moment the frame now held began; a frame completed in this
         # read means any partial one is new.
         if dec.have:

@@ -4,18 +4,17 @@ The command line around it is cli.py; one connection's bytes are conn.py; probe
 bookkeeping is probe.py; TLS and authentication, when on, gate.py. Import HeartbeatServer and ServerConfig from tools.hbserver.
 """
 import asyncio
+import errno
 import random
 from dataclasses import asdict, dataclass
 from typing import Optional, Union
 
-from firmware.hbkeep.protocol import Decoder
-
-from tools.hbserver.conn import ONLINE, Conn
+from tools.hbserver.conn import ONLINE, Conn, LazyDecoder
 from tools.hbserver.probe import BAD, LATE, PROBE_WINDOW, ProbeStats
 
 READ_BUFFER = 65536  # the one read buffer all connections share
 WRITE_HIGH_WATER = 16384  # per client: above this, HEART replies and probes are skipped (bounded memory)
-CLOSE_GRACE_S = 2.0  # at shutdown, how long closing connections may take to flush before being aborted
+ACCEPT_REPORT_S = 10.0  # out of descriptors: one accept_failed line per this many seconds at most
 OFFLINE_REASONS = ("silent", "closed", "reset", "protocol", "shutdown")
 
 
@@ -36,6 +35,7 @@ class ServerConfig:
     summary_ms: int = 10000  # 0 = no summary lines
     verbose: bool = False  # also emit per-frame events (beat, data, probe_ok)
     backlog: int = 1024  # the seed used 20; a fleet reconnecting at once needs more
+    close_ms: int = 2000  # a dropped client's queued bytes may take this long to flush; then it is aborted
     # Security options (docs/SECURITY.md; gate.py). Off by default: the seed's plain protocol.
     tls_cert: Optional[str] = None  # certificate chain (PEM); with tls_key, serve TLS
     tls_key: Optional[str] = None
@@ -73,6 +73,7 @@ class ServerConfig:
              "header_timeout_ms must be at least 1, got %r" % (self.header_timeout_ms,))
         need(self.summary_ms >= 0, "summary_ms must be >= 0, got %r" % (self.summary_ms,))
         need(self.backlog >= 1, "backlog must be at least 1, got %r" % (self.backlog,))
+        need(self.close_ms >= 1, "close_ms must be at least 1, got %r" % (self.close_ms,))
         need((self.tls_cert is None) == (self.tls_key is None),
              "tls_cert and tls_key go together: give both or neither")
         need(self.auth_keys is None or self.probe_mode == "framed",
@@ -108,6 +109,14 @@ class HeartbeatServer:
         self.loop = None
         self.port = None
         self.clients = set()  # online connections
+        self.close_grace_s = config.close_ms / 1000
+        self.closing = 0  # connections we closed whose transport is not gone yet (still flushing, or stuck)
+        self.failure = None  # the exception that stopped the server (a periodic task or the event hook)
+        self.accept_failures = 0  # accepts that failed for lack of descriptors or memory, since start
+        self._accept_unreported = 0
+        self._accept_reported_at = None
+        self._prev_handler = None
+        self.done = asyncio.Event()  # set once stop() has finished, whoever called it
         self.probes = ProbeStats()
         self.late_s = config.probe_late_ms / 1000
         # Totals since start.
@@ -147,6 +156,8 @@ class HeartbeatServer:
             lambda: Conn(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         self._started_at = self._window_at = self.loop.time()
+        self._prev_handler = self.loop.get_exception_handler()
+        self.loop.set_exception_handler(self._loop_exception)
         self._tasks.append(asyncio.create_task(self._every(cfg.tick_ms, self._tick)))
         if cfg.probe_ms:
             self._tasks.append(asyncio.create_task(self._every(cfg.probe_ms, self._probe_sweep)))
@@ -171,25 +182,30 @@ class HeartbeatServer:
         self._state = "stopping"
         self._stopped = asyncio.Event()
         self._server.close()
+        current = asyncio.current_task()
         for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            if t is not current:
+                t.cancel()
+        await asyncio.gather(*(t for t in self._tasks if t is not current), return_exceptions=True)
         if self.gate is not None:
             self.gate.close_all()
         for c in list(self.clients):
             self._offline(c, "shutdown")
         if self._conns:
             try:
-                async with asyncio.timeout(CLOSE_GRACE_S):
+                async with asyncio.timeout(self.close_grace_s):
                     await self._all_closed.wait()
             except TimeoutError:
                 pass  # clients that do not read cannot be flushed to; they are aborted below
         # Anything still open here belongs to a peer not reading what was queued: abort, not wait.
         for c in list(self._conns):
-            c.transport.abort()
+            c.abort()
         await self._server.wait_closed()
+        if self.loop.get_exception_handler() == self._loop_exception:
+            self.loop.set_exception_handler(self._prev_handler)
         self._state = "stopped"
         self._stopped.set()
+        self.done.set()
         s = self.stats()
         self.emit("stopped", {
             "up_ms": s["up_ms"], "connections": s["connections"], "refused": s["refused"],
@@ -207,12 +223,47 @@ class HeartbeatServer:
         while True:
             await asyncio.sleep(nxt - loop.time())
             now = loop.time()
-            fn(now)
+            try:
+                fn(now)
+            except Exception as e:
+                # A ticker that died would leave a server answering beats but dropping nobody.
+                self._fail(fn.__name__.strip("_"), e)
+                return
             nxt += period
             if nxt <= now:
                 nxt += period * (int((now - nxt) / period) + 1)
 
     # -- connections -------------------------------------------------------------------------------
+
+    def _fail(self, where, exc):
+        """Something every client depends on failed (a periodic task, or the event hook: a broken stdout).
+        A half-alive server is worse than none: record it and stop; the CLI then exits non-zero."""
+        if self.failure is not None:
+            return
+        self.failure = (where, exc)
+        if self._state == "running":
+            self._tasks.append(asyncio.ensure_future(self.stop()))
+
+    def _loop_exception(self, loop, context):
+        # asyncio reports an accept() that failed for lack of descriptors (EMFILE, ENFILE) or memory
+        # through the loop's exception handler, with a traceback, once per failed retry: under a connect
+        # storm that is a flood. Counted here and reported once per interval instead.
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and "accept" in str(context.get("message", "")):
+            self.accept_failures += 1
+            self._accept_unreported += 1
+            now = loop.time()
+            if self._accept_reported_at is None or now - self._accept_reported_at >= ACCEPT_REPORT_S:
+                self._accept_reported_at = now
+                self.emit("accept_failed", {
+                    "reason": errno.errorcode.get(exc.errno, str(exc.errno)), "count": self._accept_unreported,
+                    "total": self.accept_failures, "open": len(self._conns)})
+                self._accept_unreported = 0
+            return
+        if self._prev_handler is not None:
+            self._prev_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
     def _admit(self, conn):
         self._conns.add(conn)
@@ -223,15 +274,17 @@ class HeartbeatServer:
 
     def _admit_now(self, conn):
         cfg = self.config
-        if self._state != "running" or (cfg.max_clients and len(self.clients) >= cfg.max_clients):
+        # Every connection not yet released counts, not only the online ones: a dropped client still
+        # flushing (or never reading) holds a descriptor and its queued bytes until it is gone.
+        if self._state != "running" or (cfg.max_clients and len(self.clients) + self.closing >= cfg.max_clients):
             self.refused += 1
             self.emit("refused", {"client": conn.name,
                                   "reason": "max_clients" if self._state == "running" else "stopping",
-                                  "online": len(self.clients)})
+                                  "online": len(self.clients), "closing": self.closing})
             conn.close()  # a clean FIN: the client sees the connection end, not a reset
             return
         conn.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        conn.decoder = Decoder(cfg.max_payload)
+        conn.decoder = LazyDecoder(cfg.max_payload)
         conn.state = ONLINE
         self.clients.add(conn)
         self.connections += 1
@@ -247,11 +300,13 @@ class HeartbeatServer:
         if conn.probes:
             self.probes.abandon(conn.probes)
             conn.probes = None
+        cut, held = conn.decoder.cut() if conn.decoder is not None else ("-", 0)
         self.emit("offline", {
             "client": conn.name, "reason": reason, "missed": conn.missed,
             "since_last_ms": _ms(now - conn.last_heard), "up_ms": _ms(now - conn.since),
             "beats": conn.beats, "frames_in": conn.frames_in, "bytes_in": conn.bytes_in,
-            "frames_out": conn.frames_out, "bytes_out": conn.bytes_out, "online": len(self.clients)})
+            "frames_out": conn.frames_out, "bytes_out": conn.bytes_out, "cut": cut, "partial": held,
+            "online": len(self.clients)})
         conn.close()
 
     def _closed(self, conn):
@@ -356,7 +411,10 @@ class HeartbeatServer:
 
     def emit(self, name, fields):
         if self.on_event is not None:
-            self.on_event(name, fields)
+            try:
+                self.on_event(name, fields)
+            except Exception as e:
+                self._fail("emit", e)
 
     def stats(self):
         """A snapshot of the totals since start (a new dict each call)."""

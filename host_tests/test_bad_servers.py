@@ -1,0 +1,146 @@
+"""The firmware against servers that misbehave on purpose, on both runtimes: one that resets, one that
+floods and never reads, one that stalls, ones that lie about lengths. Each session must end with the
+reason that names what the server did, the firmware must reconnect, and nothing may pile up: open
+descriptors equal at every disconnect, and (MicroPython) heap after gc.collect() flat across rounds.
+The firmware runs inside host_tests/fwharness.py, which prints heap and descriptors at each disconnect."""
+import select
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from faultkit import HarnessProc
+from fwproc import any_runtime  # noqa: F401  (a fixture)
+
+
+@pytest.fixture
+def runtime(any_runtime):
+    """CPython, the MicroPython unix port and the 32-bit one (small ints end at 2^30 there, as on boards)."""
+    return any_runtime
+
+ROUNDS = 3
+HEAP_TOL = 512  # bytes; a leaked socket, task or frame buffer per session would be far more, times rounds
+
+
+def header(ftype, length):
+    return struct.pack("<ii", ftype, length)
+
+
+# what the server does -> the disconnect reasons that name it
+BEHAVIOURS = {
+    "reset": {"reset", "eof"},  # RST after the first beat (eof if the firmware reads the FIN first)
+    "flood": {"write_stall"},  # DATA frames as fast as it can, never reading the echoes
+    "stall": {"silence"},  # accepts, then neither reads nor writes
+    "lie_big": {"protocol"},  # a length far above max_payload
+    "lie_negative": {"protocol"},
+    "lie_short": {"silence"},  # says 100 bytes, sends 10, then nothing
+}
+
+
+class BadServer:
+    def __init__(self, plan):
+        self.plan = plan
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.sessions = 0
+        self._stop = threading.Event()
+        self._threads = []
+        t = threading.Thread(target=self._accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _accept(self):
+        while not self._stop.is_set():
+            r, _, _ = select.select([self.lsock], [], [], 0.05)
+            if not r:
+                continue
+            try:
+                s, _ = self.lsock.accept()
+            except OSError:
+                continue
+            what = self.plan[self.sessions % len(self.plan)]
+            self.sessions += 1
+            t = threading.Thread(target=self._play, args=(s, what), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _until_closed(self, s, limit):
+        # Wait for the firmware to drop us, reading nothing: poll reports the peer's FIN/RST as an error
+        # or hang-up only once our side is done, so bound it and close anyway.
+        end = time.monotonic() + limit
+        while time.monotonic() < end and not self._stop.is_set():
+            time.sleep(0.02)
+
+    def _play(self, s, what):
+        try:
+            if what == "reset":
+                s.settimeout(5)
+                s.recv(8)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            elif what == "flood":
+                s.setblocking(False)
+                frame = header(1, 1024) + b"f" * 1024
+                rest = memoryview(frame)
+                end = time.monotonic() + 5
+                while time.monotonic() < end and not self._stop.is_set():
+                    try:
+                        rest = rest[s.send(rest):]  # whole frames: a torn one would be a different lie
+                        if not rest:
+                            rest = memoryview(frame)
+                    except BlockingIOError:
+                        time.sleep(0.005)
+                    except OSError:
+                        break  # the firmware dropped us
+            elif what == "stall":
+                self._until_closed(s, 2)
+            elif what == "lie_big":
+                s.sendall(header(1, 0x7FFFFFFF))
+                self._until_closed(s, 2)
+            elif what == "lie_negative":
+                s.sendall(header(1, -5))
+                self._until_closed(s, 2)
+            elif what == "lie_short":
+                s.sendall(header(1, 100) + b"0123456789")
+                self._until_closed(s, 2)
+        except OSError:
+            pass
+        finally:
+            s.close()
+
+    def close(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+        self.lsock.close()
+
+
+@pytest.mark.timeout(120)
+def test_bad_servers_end_sessions_by_name_and_leave_nothing_behind(runtime):
+    plan = list(BEHAVIOURS)
+    n = ROUNDS * len(plan)
+    srv = BadServer(plan)
+    cfg = {"port": srv.port, "beat_ms": 50, "peer_miss": 3, "peer_timeout": "strict", "retry_ms": 10,
+           "stats_ms": 0, "max_payload": 1024}
+    fw = HarnessProc(runtime, cfg, watch=("disconnected",), every=1)
+    try:
+        probes = [fw.wait_event("probe", timeout=30, where=lambda f: f["after"] == "disconnected")
+                  for _ in range(n)]
+    finally:
+        fw.stop()
+        srv.close()
+    reasons = [e.fields["reason"] for e in fw.events if e.name == "disconnected"][:n]
+    for i, (r, what) in enumerate(zip(reasons, plan * ROUNDS)):
+        assert r in BEHAVIOURS[what], "session %d (%s) ended with %s: %s" % (i, what, r, fw.output()[-3000:])
+    assert not fw.raw_lines(), fw.raw_lines()
+    fds = [int(p.fields["fds"]) for p in probes]
+    assert len(set(fds)) == 1, "descriptors change across sessions: %s" % fds
+    if runtime == "micropython":
+        heap = [int(p.fields["heap"]) for p in probes]
+        first, last = heap[: len(plan)], heap[-len(plan):]
+        growth = [b - a for a, b in zip(first, last)]
+        assert max(growth) <= HEAP_TOL, "heap grows per behaviour over %d rounds: %s (%s)" % (ROUNDS, growth, heap)
