@@ -223,9 +223,9 @@ MALFORMED = [
 ]
 
 # Heap may differ from the baseline by this much after gc.collect() at the same point of the loop
-# (allocator granularity, the asyncio queue's bookkeeping, where the heap's first-use objects happen to
-# lie: consecutive EOF cycles after the warm-up differ by ~320 B on the 64-bit unix port); a leak of one read buffer
-# would be > 1 KiB, and a smaller one per cycle adds up over the six cases.
+# (allocator granularity, the asyncio queue's bookkeeping, where first-use objects happen to lie:
+# consecutive EOF cycles after the warm-up differ by ~320 B on the 64-bit unix port); a leak of one read
+# buffer would be > 1 KiB, and a smaller one per cycle adds up over the six cases.
 HEAP_TOL = 512
 
 
