@@ -53,6 +53,7 @@ def load_settings(path):
 
     cfg = detach(load(path))
     compat.forget_module("config")
+    compat.forget_module("strictjson")  # the config file's reader, used by nothing else
     return cfg
 
 
