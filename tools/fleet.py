@@ -7,6 +7,10 @@ churn (devices that drop and reconnect at random), a share of silent devices (co
 of misbehaving ones (they send a broken header now and then). The devices are spread over --procs worker
 processes, each with its own event loop.
 
+`--light` runs many devices per process that only beat and echo probes (tools/fleet_light.py): enough to
+hold ~19,000 devices per process and to push one server process past its capacity. Give --server more than
+once and devices move to the next address on failure, as the firmware does with its `servers` list.
+
 With --tls-ca the devices speak TLS (the firmware's own TLS path), with --auth-keys they authenticate,
 taking the ids of that file in turn (so the server, given the same file, knows them all).
 
@@ -20,6 +24,7 @@ import multiprocessing
 import os
 import random
 import resource
+import signal
 import socket
 import struct
 import sys
@@ -137,7 +142,7 @@ async def worker_main(spec):
     stop_at = start + spec["seconds"]
     counter = Counter()
     tasks = []
-    base = {"host": host, "port": port, "mode": spec["mode"], "beat_ms": spec["beat_ms"], "stats_ms": 0,
+    base = {"mode": spec["mode"], "beat_ms": spec["beat_ms"], "stats_ms": 0,
             "peer_timeout": "auto", "retry_ms": spec["retry_ms"], "backoff_max_ms": spec["backoff_max_ms"],
             "rx_buf": 256 if spec["mode"] == "raw" else 64, "max_payload": spec["max_payload"]}
     security = None
@@ -162,6 +167,10 @@ async def worker_main(spec):
             coro = run_misbehaver(host, port, spec["beat_ms"], rng, counter, stop_at, sec)
         else:
             cfg = dict(base)
+            if len(spec["servers"]) > 1:
+                cfg["servers"] = ["%s:%d" % hp for hp in spec["servers"]]
+            else:
+                cfg["host"], cfg["port"] = host, port
             if cred:
                 cfg["auth"] = {"id": cred[0], "key": cred[1]}
             if kind == "silent":
@@ -193,7 +202,20 @@ async def _delayed(delay, coro):
 
 
 def worker(spec, out):
+    from tools._pdeath import die_with_parent
+
+    die_with_parent(signal.SIGKILL)  # a fleet killed outright takes its devices with it
     raise_fd_limit()
+    if spec.get("light"):
+        from tools import fleet_light
+
+        factory = None
+        if spec.get("loop") == "uvloop":
+            import uvloop
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            out.put(runner.run(fleet_light.worker_main(spec)))
+        return
     out.put(asyncio.run(worker_main(spec)))
 
 
@@ -206,7 +228,8 @@ def raise_fd_limit():
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python3 -m tools.fleet", description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, required=True, help="number of simulated devices")
-    ap.add_argument("--server", type=parse_server, required=True, metavar="HOST:PORT")
+    ap.add_argument("--server", type=parse_server, required=True, metavar="HOST:PORT", action="append",
+                    help="server address; repeat it for a list devices move along on failure")
     ap.add_argument("--seconds", type=float, default=60, help="how long to run (default 60)")
     ap.add_argument("--beat-ms", type=int, default=1000, help="beat interval of each device (default 1000)")
     ap.add_argument("--mode", choices=("framed", "raw"), default="framed")
@@ -218,6 +241,12 @@ def main(argv=None):
     ap.add_argument("--retry-ms", type=int, default=100)
     ap.add_argument("--backoff-max-ms", type=int, default=2000, help="fleet-friendly backoff cap (default 2000)")
     ap.add_argument("--seed", type=int, default=1, help="random seed (default 1): runs are reproducible")
+    ap.add_argument("--light", action="store_true",
+                    help="many devices per task, only beats and probe echoes (~19,000 per process)")
+    ap.add_argument("--status-ms", type=int, default=0,
+                    help="--light: print a fleet_status line per process this often (0 = never)")
+    ap.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                    help="--light: the event loop of each process (default asyncio)")
     ap.add_argument("--tls-ca", metavar="FILE", help="speak TLS, checking the server against this CA (PEM or DER)")
     ap.add_argument("--tls-name", metavar="NAME",
                     help="the name the server's certificate must carry, sent as SNI (default: the --server host)")
@@ -234,12 +263,24 @@ def main(argv=None):
         ap.error("--silent plus --misbehaving must not exceed 1")
     if not 10 <= args.beat_ms <= 3600000:
         ap.error("--beat-ms must be from 10 to 3600000, got %d" % args.beat_ms)
-    host, port = args.server
+    if args.light and (args.silent or args.misbehaving or args.churn_per_min or args.mode != "framed"
+                       or args.tls_ca or args.auth_keys):
+        ap.error("--light devices only beat and echo (framed, plain): no --silent, --misbehaving, "
+                 "--churn-per-min, --mode raw, --tls-ca, --auth-keys")
+    if args.status_ms < 0:
+        ap.error("--status-ms must be >= 0, got %d" % args.status_ms)
+    servers = []
+    for host, port in args.server:
+        try:
+            servers.append((socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][4][0], port))  # once, here
+        except OSError as e:
+            ap.error("--server %s: cannot resolve (%s)" % (host, e))
+    host, port = servers[0]
     tls = None
     if args.tls_ca:
         if not os.path.isfile(args.tls_ca):
             ap.error("--tls-ca %s: no such file" % args.tls_ca)
-        tls = {"ca": os.path.abspath(args.tls_ca), "server_hostname": args.tls_name or host}
+        tls = {"ca": os.path.abspath(args.tls_ca), "server_hostname": args.tls_name or args.server[0][0]}
     elif args.tls_name:
         ap.error("--tls-name needs --tls-ca")
     auth_ids = None
@@ -251,10 +292,6 @@ def main(argv=None):
         except ValueError as e:
             ap.error(str(e))
         auth_ids = sorted((k.decode(), v.hex()) for k, v in keys.items())
-    try:
-        host = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][4][0]  # resolve once, here
-    except OSError as e:
-        ap.error("--server %s: cannot resolve (%s)" % (args.server[0], e))
 
     rng = random.Random(args.seed)
     kinds = []
@@ -266,7 +303,9 @@ def main(argv=None):
     specs = []
     for p in range(args.procs):
         mine = kinds[p :: args.procs]
-        specs.append({"seed": args.seed * 1000 + p, "host": host, "port": port, "seconds": args.seconds,
+        specs.append({"light": args.light, "servers": servers, "proc": p, "status_ms": args.status_ms,
+                      "loop": args.loop, "seed": args.seed * 1000 + p, "host": host, "port": port,
+                      "seconds": args.seconds,
                       "beat_ms": args.beat_ms, "mode": args.mode, "churn_per_min": args.churn_per_min,
                       "retry_ms": args.retry_ms, "backoff_max_ms": args.backoff_max_ms, "max_payload": 1024,
                       "ramp_s": ramp, "count": len(mine), "kinds": mine, "tls": tls, "auth_ids": auth_ids,

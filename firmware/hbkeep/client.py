@@ -59,6 +59,11 @@ class Client:
         self.beat = bytearray(HEADER_SIZE)
         protocol.encode_header(self.beat, 0, protocol.HEART, 0)
         self.addr = None  # resolved once, then cached
+        self.rot = None  # with a "servers" list: which one is next (servers.py, loaded only then)
+        if len(cfg.servers) > 1:
+            from .servers import Rotation
+
+            self.rot = Rotation(cfg)
         self.sock = None
         self.connected = compat.Event()  # set while a connection is up: lets tests and tools wait
         self._tx_busy = False
@@ -133,10 +138,12 @@ class Client:
             return
         if self.addr is None and not self._resolve():
             self.link.connect_failed()
-            return
-        sock = await self._connect()
-        if sock is not None:
-            await self._session(sock)
+        else:
+            sock = await self._connect()
+            if sock is not None:
+                await self._session(sock)
+        if self.rot:  # a failed attempt or an ended session: on to the next server
+            self.addr = self.rot.next(self.addr)
 
     def error(self, where, e):
         # Where an exception nobody foresaw was caught, and what it was. Never the end of the firmware.

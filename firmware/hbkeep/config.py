@@ -120,23 +120,38 @@ class Config:
     auth_id: "str | None"
     auth_key: "bytes | None"
     auth_timeout_ms: int
+    # "servers", or host/port as a one-entry list: (host, port) pairs tried in turn
+    servers: "list[tuple[str, int]]"
 
     def __init__(self, user=None):
         user = user or {}
         if not isinstance(user, dict):
             raise ConfigError("config: expected a JSON object at the top level")
         for name in user:
-            if name not in SPEC and name not in NESTED:
-                raise ConfigError("%s: unknown key (known: %s)" % (name, ", ".join(sorted(list(SPEC) + list(NESTED)))))
+            if name not in SPEC and name not in NESTED and name != "servers":
+                raise ConfigError("%s: unknown key (known: %s)" % (name, ", ".join(sorted(list(SPEC) + list(NESTED) + ["servers"]))))
         for name in SPEC:
             spec = SPEC[name]
             setattr(self, name, _check(name, spec, user[name]) if name in user else spec[1])
         self._keepalive(user.get("keepalive", {}))
         self._wifi(user.get("wifi"))
+        self._servers(user)
         framed = user.get("mode", "framed") == "framed"
         self._tls(user.get("tls"), framed)
         self._auth(user.get("auth"), framed)
         self._ticks_limits()
+
+    def _servers(self, user):
+        # Always a list of (host, port): one entry from host/port unless "servers" is given.
+        if "servers" not in user:
+            self.servers = [(self.host, self.port)]
+            return
+        if "host" in user or "port" in user:
+            raise ConfigError("servers: give either host/port or servers, not both")
+        from .servers import parse_list  # only when a list is configured: nothing to load otherwise
+
+        self.servers = parse_list(user["servers"], ConfigError)
+        self.host, self.port = self.servers[0]
 
     def _ticks_limits(self):
         # A board's millisecond tick wraps at 2^30: ticks_diff() answers only within +-2^29 and

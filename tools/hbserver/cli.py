@@ -17,6 +17,7 @@ import resource
 import signal
 import socket
 import sys
+from dataclasses import replace
 
 from firmware.hbkeep.events import Events
 
@@ -71,6 +72,24 @@ def build_parser():
     a("--close-ms", type=_int_in(1, 3600000), default=d.close_ms,
       help="a dropped client's unsent bytes may take this long to flush before it is aborted (default %(default)s)")
     a("--loop", choices=("asyncio", "uvloop"), default="asyncio", help="event loop (default asyncio)")
+    f = ap.add_argument_group("fleet", "several server processes, shared presence, metrics (docs/FLEET.md)")
+    f.add_argument("--workers", type=_int_in(1, 256), default=1,
+                   help="server processes sharing the port via SO_REUSEPORT, each with its own descriptor "
+                        "budget (default 1: this process serves)")
+    f.add_argument("--presence", metavar="redis://HOST:PORT[/DB]",
+                   help="record every device's online/offline state in this Valkey or Redis store")
+    f.add_argument("--server-id", default="",
+                   help="this server's name in the presence store (default hostname:pid)")
+    f.add_argument("--presence-prefix", default="hb", help="key prefix in the store (default %(default)s)")
+    f.add_argument("--presence-flush-ms", type=_int_in(10, 600000), default=1000,
+                   help="presence writes are batched and sent this often (default %(default)s)")
+    f.add_argument("--presence-ttl-ms", type=_int_in(30, 86400000), default=15000,
+                   help="online records expire this long after the last renewal: the devices of a "
+                        "server that dies read offline within it (default %(default)s)")
+    f.add_argument("--metrics-port", type=_int_in(0, 65535), default=None,
+                   help="serve Prometheus metrics on this port at /metrics (with --workers: port + worker "
+                        "index; 0 = any free port)")
+    f.add_argument("--metrics-host", default="0.0.0.0", help="address for --metrics-port (default %(default)s)")
     a("--json", action="store_true", help="print events as JSON lines")
     sec = ap.add_argument_group("security (docs/SECURITY.md; all off by default: the seed's plain protocol)")
     b = sec.add_argument
@@ -97,7 +116,8 @@ def build_parser():
     return ap
 
 
-QUIET_EVENTS = ("listening", "summary", "stopped")
+QUIET_EVENTS = ("listening", "summary", "stopped", "presence_error", "presence_restored", "metrics",
+                "worker_started", "worker_exited", "worker_error")
 
 
 def make_printer(loop, as_json, quiet, out=sys.stdout):
@@ -136,15 +156,25 @@ def raise_fd_limit():
             pass
 
 
-async def serve(config, as_json=False, quiet=False):
-    """Run until SIGINT or SIGTERM; returns the exit code."""
+async def serve(config, as_json=False, quiet=False, presence=None, metrics=None):
+    """Run until SIGINT or SIGTERM; returns the exit code. presence: a PresenceConfig or None;
+    metrics: (host, port) for the Prometheus endpoint or None."""
     loop = asyncio.get_running_loop()
     server = HeartbeatServer(config, on_event=make_printer(loop, as_json, quiet))
+    hook = None
+    if presence is not None:
+        from tools.hbserver.presence import Presence  # lazy: costs nothing without --presence
+        hook = Presence(presence)
+        server.hooks.append(hook)
+    if metrics is not None:
+        from tools.hbserver.metrics import Metrics
+        server.hooks.append(Metrics(metrics[1], metrics[0], presence=hook))
     try:
         await server.start()
     except OSError as e:
-        print("hbserver: cannot listen on %s:%d: %s" % (config.host, config.port, e.strerror or e),
-              file=sys.stderr)
+        what = e.strerror if e.strerror and e.strerror.startswith("--") else "cannot listen on %s:%d: %s" % (
+            config.host, config.port, e.strerror or e)
+        print("hbserver: %s" % what, file=sys.stderr)
         return 1
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -206,14 +236,49 @@ def main(argv=None):
         socket.getaddrinfo(args.host, None)
     except OSError as e:
         ap.error("--host %s: cannot resolve (%s)" % (args.host, e))
-    raise_fd_limit()
-    try:
-        with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
-            rc = runner.run(serve(config, args.json, args.quiet))
-    except KeyboardInterrupt:
-        # SIGINT before serve() installed its handler (a Ctrl-C during start-up): nothing to report.
-        rc = 0
-    # A late duplicate SIGINT (a terminal and a parent both sending one) must not end in a traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return rc
+    presence = None
+    if args.presence:
+        from tools.hbserver.presence import PresenceConfig
+        presence = PresenceConfig(url=args.presence, server_id=args.server_id, prefix=args.presence_prefix,
+                                  flush_ms=args.presence_flush_ms, ttl_ms=args.presence_ttl_ms)
+        try:
+            presence.validate()
+        except ValueError as e:
+            ap.error("--presence: %s" % e)
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            ap.error("--presence: the redis client library is not installed (pip install redis)")
+    if args.metrics_port is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            ap.error("--metrics-port: prometheus_client is not installed (pip install prometheus-client)")
+    if args.workers > 1 and args.metrics_port and args.metrics_port + args.workers - 1 > 65535:
+        ap.error("--metrics-port %d + %d workers goes beyond port 65535" % (args.metrics_port, args.workers))
+
+    def run_one(index, cfg):
+        raise_fd_limit()
+        p = presence
+        if p is not None and args.workers > 1 and args.server_id:
+            p = replace(p, server_id="%s-w%d" % (args.server_id, index))
+        m = None
+        if args.metrics_port is not None:
+            m = (args.metrics_host, args.metrics_port + index if args.metrics_port else 0)
+        try:
+            with asyncio.Runner(loop_factory=loop_factory(args.loop)) as runner:
+                rc = runner.run(serve(cfg, args.json, args.quiet, presence=p, metrics=m))
+        except KeyboardInterrupt:
+            # SIGINT before serve() installed its handler (a Ctrl-C during start-up): nothing to report.
+            rc = 0
+        # A late duplicate SIGINT (a terminal and a parent both sending one) must not end in a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return rc
+
+    if args.workers == 1:
+        return run_one(0, config)
+    from tools.hbserver import workers
+
+    printer = make_printer(workers._Clock, args.json, args.quiet)
+    return workers.run(args.workers, config, run_one, printer)
 

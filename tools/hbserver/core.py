@@ -45,6 +45,7 @@ class ServerConfig:
     max_pending: int = 64  # connections still in TLS handshake or authentication, at most
     auth_fail_limit: int = 10  # failed authentications from one address per window before refusing it
     auth_fail_window_ms: int = 60000
+    reuse_port: bool = False  # SO_REUSEPORT: several processes share the port (tools/hbserver/workers.py)
 
     @property
     def timeout_ms(self):
@@ -127,6 +128,9 @@ class HeartbeatServer:
         self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = 0
         self.protocol_errors = 0
         self.offline_by = dict.fromkeys(OFFLINE_REASONS, 0)
+        # Observers of the client lifecycle (presence.py, metrics.py): each may define started(server),
+        # online(conn), offline(conn, reason) and a coroutine stopped(). Called outside the per-frame path.
+        self.hooks = []
         self._server = None
         self._tasks = []
         self._conns = set()  # every transport not yet lost: online, refused or dropped and flushing
@@ -153,7 +157,8 @@ class HeartbeatServer:
         self._all_closed = asyncio.Event()
         cfg = self.config
         self._server = await self.loop.create_server(
-            lambda: Conn(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True)
+            lambda: Conn(self), cfg.host, cfg.port, backlog=cfg.backlog, reuse_address=True,
+            reuse_port=cfg.reuse_port or None)
         self.port = self._server.sockets[0].getsockname()[1]
         self._started_at = self._window_at = self.loop.time()
         self._prev_handler = self.loop.get_exception_handler()
@@ -170,6 +175,7 @@ class HeartbeatServer:
             "max_clients": cfg.max_clients, "max_payload": cfg.max_payload,
             "tls": "on" if cfg.tls_cert else "off", "auth": "on" if cfg.auth_keys is not None else "off",
             "loop": type(self.loop).__module__.split(".")[0]})
+        self._call_hooks("started", self)
         return self.port
 
     async def stop(self):
@@ -203,6 +209,9 @@ class HeartbeatServer:
         await self._server.wait_closed()
         if self.loop.get_exception_handler() == self._loop_exception:
             self.loop.set_exception_handler(self._prev_handler)
+        for h in self.hooks:
+            if hasattr(h, "stopped"):
+                await h.stopped()
         self._state = "stopped"
         self._stopped.set()
         self.done.set()
@@ -289,6 +298,7 @@ class HeartbeatServer:
         self.clients.add(conn)
         self.connections += 1
         self.emit("online", {"client": conn.name, "online": len(self.clients)})
+        self._call_hooks("online", conn)
 
     def _offline(self, conn, reason, now=None):
         """Report a client offline once, forget it, close its connection."""
@@ -307,6 +317,7 @@ class HeartbeatServer:
             "beats": conn.beats, "frames_in": conn.frames_in, "bytes_in": conn.bytes_in,
             "frames_out": conn.frames_out, "bytes_out": conn.bytes_out, "cut": cut, "partial": held,
             "online": len(self.clients)})
+        self._call_hooks("offline", conn, reason)
         conn.close()
 
     def _closed(self, conn):
@@ -408,6 +419,19 @@ class HeartbeatServer:
         self._window_beats = self.beats
 
     # -- reporting ---------------------------------------------------------------------------------
+
+    def _call_hooks(self, what, *args):
+        for h in self.hooks:
+            fn = getattr(h, what, None)
+            if fn is None:
+                continue
+            if what == "started":
+                fn(*args)  # a hook that cannot start (a busy metrics port) fails start() itself
+                continue
+            try:
+                fn(*args)
+            except Exception as e:  # a broken observer is a broken server, as a broken event hook is
+                self._fail("hook %s.%s" % (type(h).__name__, what), e)
 
     def emit(self, name, fields):
         if self.on_event is not None:
