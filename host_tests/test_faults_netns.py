@@ -144,7 +144,9 @@ def test_row3_half_open_kernel_keepalive(runtime, pair):
 def test_row4_syn_dropping_address(runtime, pair):
     timeout_ms, attempts = 300, 6
     dark = pair.dark_address()
-    cfg = {"host": dark, "port": 39002, "connect_timeout_ms": timeout_ms, "retry_ms": 50, "stats_ms": 0}
+    # verbose: every attempt is printed (otherwise repeated failures are folded into connect_failing summaries)
+    cfg = {"host": dark, "port": 39002, "connect_timeout_ms": timeout_ms, "retry_ms": 50, "stats_ms": 0,
+           "verbose": True}
     fw = HarnessProc(runtime, cfg, watch=("connect_failed",), prefix=pair.exec_client([]))
     try:
         fails, probes = [], []
