@@ -1,6 +1,6 @@
 # MicroPython manifest: freezes the firmware into your own MicroPython image. In your board's manifest:
 #     include("/path/to/hb-keepalive/firmware/manifest.py")            # the hbkeep package, importable
-#     include("/path/to/hb-keepalive/firmware/manifest.py", main=True) # and main.py: it starts at boot
+#     include("/path/to/hb-keepalive/firmware/manifest.py", main=True) # and main.py, boot.py: it starts at boot
 # Frozen modules cost no RAM for their bytecode and no flash filesystem space; the board still reads
 # config.json and board.json from its filesystem (tools.deploy writes them; see docs/BOARD.md).
 options.defaults(main=False)
@@ -13,23 +13,30 @@ package(
     "hbkeep",
     files=(
         "__init__.py",
+        "appio.py",
         "auth.py",
         "client.py",
         "compat.py",
         "config.py",
         "events.py",
         "fastbuf.py",
+        "led.py",
         "link.py",
         "protocol.py",
         "repeats.py",
+        "runner.py",
         "servers.py",
         "sntp.py",
         "sockopts.py",
+        "start.py",
         "strictjson.py",
         "tls.py",
+        "watchdog.py",
+        "wdtpark.py",
         "wifi.py",
     ),
 )
 
 if options.main:
     module("main.py")
+    module("boot.py")  # keeps a running watchdog fed after a soft reset (docs/BOARD.md)

@@ -1,6 +1,6 @@
 """Nothing kills the client and nothing floods its console: exceptions become events and reconnects,
 resolver failures read the same on every runtime, and a server that stays down costs a few lines, not ten
-a second. Scripted network on a virtual clock (shim/), so hours of retries take milliseconds."""
+a second. Scripted network on a virtual clock (support/), so hours of retries take milliseconds."""
 import asyncio
 import errno
 import socket

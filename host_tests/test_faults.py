@@ -218,8 +218,10 @@ MALFORMED = [
 ]
 
 # Heap may differ from the baseline by this much after gc.collect() at the same point of the loop
-# (allocator granularity and the asyncio queue's bookkeeping); a leak of one read buffer would be > 1 KiB.
-HEAP_TOL = 256
+# (allocator granularity, the asyncio queue's bookkeeping, where first-use objects happen to lie:
+# consecutive EOF cycles after the warm-up differ by ~320 B on the 64-bit unix port); a leak of one read
+# buffer would be > 1 KiB, and a smaller one per cycle adds up over the six cases.
+HEAP_TOL = 512
 
 
 def test_row6_malformed_input(runtime):

@@ -11,8 +11,7 @@ import sys
 sys.path.insert(0, sys.argv[1])
 
 from hbkeep import compat  # noqa: E402
-from hbkeep.config import load  # noqa: E402
-from hbkeep.client import Client  # noqa: E402
+from hbkeep import runner  # noqa: E402
 from hbkeep.events import Events  # noqa: E402
 
 
@@ -56,10 +55,11 @@ async def monitor(client, warmup, measure):
 
 
 async def main():
-    cfg = load(sys.argv[2])
-    board = compat.load_json(sys.argv[3])
-    client = Client(cfg, board, events=Events(write=lambda s: None))  # no event lines in the figures
-    task = compat.create_task(client.run())
+    # Started as main.py starts it (hbkeep/runner.py): the validated config detached from the validator,
+    # whose module then leaves the heap, and the client under the runner's services.
+    cfg, board, client = runner.prepare(sys.argv[2], sys.argv[3])
+    client.ev = Events(write=lambda s: None)  # no event lines in the figures
+    task = compat.create_task(runner.Firmware(cfg, board, client).services())
     await monitor(client, int(sys.argv[4]), int(sys.argv[5]))
     task.cancel()
 

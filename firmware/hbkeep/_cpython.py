@@ -63,6 +63,18 @@ def write_line(s):
     sys.stdout.flush()
 
 
+def block_ms(ms):
+    time.sleep(ms / 1000)
+
+
+def forget_module(name):
+    pass  # CPython's heap is not a board's; and tests keep using the module
+
+
+def new_loop():
+    pass  # asyncio.run makes a new loop every time
+
+
 def mem_alloc():
     return 0  # CPython's heap is not the board's; figures come from MicroPython only
 

@@ -13,9 +13,12 @@ from . import protocol
 from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE, ERROR
 from . import sockopts
 from .link import Link, BEAT, SILENT, STALLED
-from .config import Config
 from .events import Events, Stats
 from .repeats import FailureRun
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
+    from .config import Config
 
 VERSION = "0.1.0"
 
@@ -33,14 +36,14 @@ R_AUTH = "auth"  # authentication failed: wrong proof, an unexpected frame, clos
 class Client:
     # Declared for the type checker only (MicroPython generates no code for a bare annotation): mypy then
     # knows every cfg.<name> read in this class, and a misspelt one fails `make typecheck`.
-    cfg: Config
+    cfg: "Config"
 
     def __init__(self, config, board, net=None, events=None):
         self.cfg = config
         cfg = self.cfg  # the declared type, so that the reads below are checked too
         self.board = board
         self.net = net or compat.Net(board)
-        self.ev = events or Events(verbose=cfg.verbose)
+        self.ev = events or Events(verbose=cfg.verbose, secret=cfg.wifi_password)
         self.stats = Stats()
         self.framed = cfg.mode == "framed"
         self.link = Link(
@@ -71,6 +74,15 @@ class Client:
         self._rx_task = None
         self._beat_task = None  # finishes a beat the socket took only part of
         self.failing = FailureRun(cfg.verbose)  # which connect failures get a line of their own
+        # The application's side (docs/APP.md, appio.py): a handler for received DATA payloads (None: the
+        # seed's upper-case echo, in place and allocation-free) and send() for frames of its own.
+        self.on_data = None
+        self._app_hdr = None  # header of the application's frame being sent; allocated on first send
+        self._app_task = None  # finishes an application frame the socket took only part of
+        # Liveness for the watchdog feeder: bumped on every pass of the connection loop and of the
+        # supervisor; pulse_ms (set by the feeder, 0 = no cap) caps how long either sleeps in one go.
+        self.progress = 0
+        self.pulse_ms = 0
         # Optional layers (docs/SECURITY.md), imported only when configured: nothing for a plain device.
         self.tls = None
         if cfg.tls_ca:
@@ -95,16 +107,31 @@ class Client:
         link = self.link
         try:
             while True:
+                self._bump()
                 # Nothing raised in one attempt ends the client: it becomes an event and a retry.
                 try:
                     await self._attempt()
                 except Exception as e:
                     self.error("attempt", e)
                     link.connect_failed()
-                await sleep_ms(link.retry_delay(compat.rand_below))
+                await self.pause(link.retry_delay(compat.rand_below))
         finally:
             if stats_task:
                 stats_task.cancel()
+
+    def _bump(self):
+        # Masked below 2**30: a board's small ints end there, and a bigger counter would allocate.
+        self.progress = (self.progress + 1) & 0x3FFFFFFF
+
+    async def pause(self, ms):
+        """Sleep ms, in slices of pulse_ms that count as progress: a long backoff (or a restart's
+        pause) is a deliberate wait, not a hang, for the watchdog feeder."""
+        pulse = self.pulse_ms
+        while pulse and ms > pulse:
+            await sleep_ms(pulse)
+            self._bump()
+            ms -= pulse
+        await sleep_ms(ms)
 
     async def _attempt(self):
         if not self.net.link_up():
@@ -180,6 +207,7 @@ class Client:
         pre = 0
         tlsc = self.tls
         if tlsc is not None:  # after the socket options: a TLS socket has no setsockopt
+            self._bump()  # each bounded wait of a connect counts on its own for the watchdog feeder
             sock, pre = await self._tls_start(tlsc, sock, t0)
             if sock is None:
                 return None
@@ -193,8 +221,10 @@ class Client:
             "lacking", ",".join(lacking), "failed", ",".join(failed),
         )
         auth = self.auth
-        if auth is not None and not await self._authenticate(auth, sock, pre):
-            return None
+        if auth is not None:
+            self._bump()
+            if not await self._authenticate(auth, sock, pre):
+                return None
         return sock
 
     async def _tls_start(self, tlsc, raw, t0):
@@ -313,7 +343,12 @@ class Client:
         self._reason = None
         self._detail = None
         self.connected.set()
-        rx = compat.create_task(self._receive_framed(sock) if self.framed else self._receive_raw(sock))
+        if self.on_data is not None:
+            from . import appio  # the application takes the payloads: nothing is echoed
+
+            rx = compat.create_task(appio.receive(self, sock))
+        else:
+            rx = compat.create_task(self._receive_framed(sock) if self.framed else self._receive_raw(sock))
         self._rx_task = rx
         sup = compat.create_task(self._guarded(self._supervise(sock), "supervisor"))
         try:
@@ -337,6 +372,11 @@ class Client:
             if self._beat_task is not None:
                 self._beat_task.cancel()
                 self._beat_task = None
+            if self._app_task is not None:
+                self._app_task.cancel()  # its sender wakes up and returns False
+            # A writer cancelled before it ever ran never released the write side: do it for all.
+            self._tx_busy = False
+            self._tx_idle.set()
             self.net.close(sock)
             self.sock = None
             now = ticks_ms()
@@ -366,6 +406,7 @@ class Client:
     async def _supervise(self, sock):
         link = self.link
         while True:
+            self._bump()
             now = ticks_ms()
             act = link.decide(now)
             if act == SILENT:
@@ -378,7 +419,10 @@ class Client:
                 return
             if act == BEAT and not self._beat(sock):
                 return
-            await sleep_ms(link.wait)
+            wait = link.wait
+            if self.pulse_ms and wait > self.pulse_ms:
+                wait = self.pulse_ms
+            await sleep_ms(wait)
 
     def _beat(self, sock):
         """Send one HEART; False when that found the connection broken (the session is then ending)."""
@@ -542,12 +586,7 @@ class Client:
                         await rest
                 if ev == ERROR:
                     # Whole frames before the error were echoed just above: they were valid.
-                    st.protocol_errors += 1
-                    self._detail = "%s=%d" % (dec.error_field, dec.error_value)
-                    self.ev.emit(
-                        "protocol_error", "field", dec.error_field, "value", dec.error_value,
-                        "reason", dec.error_reason,
-                    )
+                    self._protocol_error(dec)
                     return R_PROTOCOL
                 if ev == FRAME_ASSEMBLED and dec.type == DATA:
                     # Completed from an earlier read, so it is the first thing in this one.
@@ -572,6 +611,28 @@ class Client:
                 last_yield = now
                 await sleep_ms(0)
 
+    def _protocol_error(self, dec):
+        self.stats.protocol_errors += 1
+        self._detail = "%s=%d" % (dec.error_field, dec.error_value)
+        self.ev.emit(
+            "protocol_error", "field", dec.error_field, "value", dec.error_value, "reason", dec.error_reason,
+        )
+
+    # -- the application's side (docs/APP.md): in appio.py, loaded only by an application that uses it
+    def is_connected(self):
+        return self.sock is not None
+
+    async def wait_connected(self):
+        await self.connected.wait()
+
+    async def send(self, payload):
+        """Send payload as one DATA frame (raw mode: as plain bytes), whole and never inside another
+        frame. True once written; False, with nothing queued, while the link is down or when the
+        connection ends before the frame is out. The caller keeps payload unchanged until it returns."""
+        from . import appio
+
+        return await appio.send(self, payload)
+
     async def _stats_loop(self):
         while True:
             await sleep_ms(self.cfg.stats_ms)
@@ -581,4 +642,8 @@ class Client:
                 self.error("stats", e)
 
     def emit_stats(self):
-        self.ev.emit("stats", *self.stats.fields())
+        # On MicroPython the line also carries the heap: bytes in use and free (gc.mem_alloc/mem_free).
+        if compat.MICROPYTHON:
+            self.ev.emit("stats", *(self.stats.fields() + ("heap_used", compat.mem_alloc(), "heap_free", compat.mem_free())))
+        else:
+            self.ev.emit("stats", *self.stats.fields())

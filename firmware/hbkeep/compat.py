@@ -72,6 +72,21 @@ if MICROPYTHON:
         # and a Ctrl-C landing between the two glued the next line (`stopped`) onto this one.
         _out.write(s + "\n")
 
+    def block_ms(ms):
+        time.sleep_ms(ms)
+
+    def forget_module(name):
+        # Drop a module of the package once it has done its work (the config validator), so that its
+        # code leaves the heap; its interned names stay, as all qstrs do.
+        pkg = sys.modules[__name__.rpartition(".")[0]]
+        if hasattr(pkg, name):
+            delattr(pkg, name)
+        sys.modules.pop(pkg.__name__ + "." + name, None)
+
+    def new_loop():
+        # After an exception escaped asyncio.run, the old loop's tasks are still queued: start afresh.
+        asyncio.new_event_loop()
+
     def mem_alloc():
         return gc.mem_alloc()
 
@@ -118,8 +133,8 @@ else:
     # compiled into a board's .mpy files.
     from ._cpython import (  # noqa: F401
         upcase, copy_bytes, ticks_ms, ticks_diff, ticks_add, sleep_ms, wait_for_ms, write_line,
-        mem_alloc, collect, wait_readable, wait_writable, try_read, try_write, rand_below,
-        mem_free, ignore_interrupts, on_terminate as _on_terminate,
+        mem_alloc, mem_free, collect, block_ms, forget_module, new_loop, wait_readable, wait_writable,
+        try_read, try_write, rand_below, ignore_interrupts, on_terminate as _on_terminate,
     )
 
     def on_terminate():
@@ -145,6 +160,16 @@ def exc_text(e):
     # "MemoryError: memory allocation failed", one line: for events about exceptions nobody foresaw.
     text = str(e)
     return type(e).__name__ + (": " + text if text else "")
+
+
+def machine_has(name):
+    """True when this runtime's `machine` module has `name` (Pin, WDT, Timer): a board's does; CPython has
+    no `machine`, and the unix port's has neither pins nor a watchdog. Lets a board's table run on the host."""
+    try:
+        import machine
+    except ImportError:
+        return False
+    return hasattr(machine, name)
 
 
 def load_json(path):

@@ -4,10 +4,13 @@ from .compat import ticks_ms, write_line
 
 
 class Events:
-    def __init__(self, write=write_line, clock=ticks_ms, verbose=False):
+    def __init__(self, write=write_line, clock=ticks_ms, verbose=False, secret=None):
         self.write = write
         self.clock = clock
         self.verbose = verbose
+        # A value never to print (the Wi-Fi password): masked in every field, whatever path brought it
+        # there -- an exception message, a status text, a user's own event.
+        self.secret = secret or None
 
     def emit(self, name, *kv):
         # Keys and values as alternating positional arguments: MicroPython's dicts do not keep order,
@@ -17,7 +20,10 @@ class Events:
             v = kv[i + 1]
             if v is None or v == "":
                 v = "-"
-            parts.append("%s=%s" % (kv[i], str(v).replace(" ", "_")))
+            v = str(v)
+            if self.secret and self.secret in v:
+                v = v.replace(self.secret, "***")
+            parts.append("%s=%s" % (kv[i], v.replace(" ", "_")))
         self.write(" ".join(parts))
 
 
@@ -41,6 +47,10 @@ class Stats:
         self.bytes_echoed = 0  # mod 2^30; bytes_echoed_wraps counts the wraps
         self.bytes_echoed_wraps = 0
         self.protocol_errors = 0
+        # DATA payloads handed to the application's handler, frames it sent with Client.send: both wrap
+        # at 2^30 (appio.py bumps them masked), so they never become heap objects.
+        self.app_rx = 0
+        self.app_tx = 0
 
     def echoed(self, nbytes):
         # Compared before adding, so that no intermediate value passes SMALL_INT_MAX either.
@@ -84,4 +94,6 @@ class Stats:
             "frames_echoed", (self.frames_echoed_wraps << 30) + self.frames_echoed,
             "bytes_echoed", (self.bytes_echoed_wraps << 30) + self.bytes_echoed,
             "protocol_errors", self.protocol_errors,
+            "app_rx", self.app_rx,
+            "app_tx", self.app_tx,
         )

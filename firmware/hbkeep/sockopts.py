@@ -2,10 +2,12 @@
 # (boards/<name>/board.json, deployed as board.json) -- never by passing raw numbers to a port that
 # lacks an option: esp32 and rp2 print a warning and ignore unknown ones, and on esp32 some raw lwIP
 # numbers land on unrelated options (docs/PORTS.md).
-from .config import Config
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
+    from .config import Config
 
 
-def wanted(cfg: Config):
+def wanted(cfg: "Config"):
     """(option, value) pairs the config asks for, in the seed's order."""
     out = []
     if cfg.keepalive:
@@ -18,7 +20,7 @@ def wanted(cfg: Config):
     return out
 
 
-def apply(net, sock, table, cfg: Config):
+def apply(net, sock, table, cfg: "Config"):
     """Set what the port has; return (applied, lacking, failed) lists of option names."""
     applied = []
     lacking = []

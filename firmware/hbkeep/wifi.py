@@ -12,7 +12,9 @@
 # The SSID may be printed; the password is passed to connect() and never printed.
 import network
 from . import compat
-from .config import Config
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
+    from .config import Config
 
 POLL_MS = 500
 JOIN_TIMEOUT_MS = 20000  # rp2: no IP this long after connect() -> connect() again
@@ -41,7 +43,7 @@ def _refusals():
 
 
 class Station:
-    cfg: Config  # declared for the type checker only, as in Client
+    cfg: "Config"  # declared for the type checker only, as in Client
     poll_ms = POLL_MS
     join_timeout_ms = JOIN_TIMEOUT_MS
     wrong_retry_ms = WRONG_RETRY_MS

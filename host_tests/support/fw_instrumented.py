@@ -19,8 +19,8 @@ sys.path.insert(0, sys.argv[1])
 import os  # noqa: E402
 
 from hbkeep import compat  # noqa: E402
+from hbkeep.client import Client  # noqa: E402  (compiled first, while the heap is emptiest: the biggest module)
 from hbkeep.config import load  # noqa: E402
-from hbkeep.client import Client  # noqa: E402
 from hbkeep.events import Events  # noqa: E402
 
 

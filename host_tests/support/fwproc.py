@@ -72,18 +72,21 @@ class FwProc(EventProc):
     """The firmware (firmware/main.py) as a child process, its config validated and written to a
     temporary directory that stop() removes."""
 
-    def __init__(self, runtime, cfg, board="unix", board_table=None, keep=200):
+    def __init__(self, runtime, cfg, board="unix", board_table=None, keep=200, argv=None):
         """Start the firmware. `board` names a table in boards/; `board_table`, a dict, replaces it
-        (written beside the config), for tables the repository does not ship."""
+        (written beside the config), for tables the repository does not ship. `argv(config, board)`,
+        given with a board_table, returns the program and arguments to run instead of main.py."""
         workdir = tempfile.mkdtemp(prefix="hostrun-")
         if board_table is None:
             bpath = hostrun.board_path(board)
+            argv = None  # as before: argv goes with a board_table only
         else:
             bpath = os.path.join(workdir, "board.json")
             with open(bpath, "w") as f:
                 json.dump(board_table, f)
-        argv = hostrun.runtime_argv(runtime) + [
-            os.path.join(hostrun.FIRMWARE_DIR, "main.py"), hostrun.prepare(cfg, workdir), bpath]
-        super().__init__(argv, runtime, cwd=hostrun.FIRMWARE_DIR, workdir=workdir, keep=keep)
+        cpath = hostrun.prepare(cfg, workdir)
+        args = argv(cpath, bpath) if argv else [os.path.join(hostrun.FIRMWARE_DIR, "main.py"), cpath, bpath]
+        super().__init__(hostrun.runtime_argv(runtime) + args, runtime, cwd=hostrun.FIRMWARE_DIR, workdir=workdir,
+                         keep=keep)
         self.runtime = runtime
         self.cfg = cfg

@@ -1,4 +1,4 @@
-"""Type-check the firmware (firmware/main.py and firmware/hbkeep/) with mypy against a port's MicroPython stubs, once per port.
+"""Type-check the firmware (firmware/main.py, boot.py and firmware/hbkeep/) with mypy against a port's MicroPython stubs, once per port.
 
     python3 -m tools.build.typecheck esp32 rp2       # what `make typecheck` runs
 
@@ -75,9 +75,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python3 -m tools.build.typecheck", description=__doc__.split("\n\n")[0])
     ap.add_argument("ports", nargs="+", help="stub sets to check against (directories under .venv/stubs)")
     ap.add_argument("--target", action="append",
-                    help="what to check, relative to firmware/ (default: main.py and the hbkeep package)")
+                    help="what to check, relative to firmware/ (default: main.py, boot.py and the hbkeep package)")
     args = ap.parse_args(argv)
-    results = [check(port, args.target or ["main.py", "hbkeep"]) for port in args.ports]
+    results = [check(port, args.target or ["main.py", "boot.py", "hbkeep"]) for port in args.ports]
     return max(results)
 
 

@@ -1,0 +1,14 @@
+# Runs at every reset, soft resets included -- also the one mpremote does before copying files, after
+# which main.py does not run. If the firmware's watchdog survived that soft reset, keep it fed so that the
+# board does not reset under the user (hbkeep/wdtpark.py, docs/BOARD.md).
+try:
+    import sys
+    import hbkeep
+    from hbkeep import wdtpark
+
+    if not wdtpark.resume():
+        # Nothing to keep fed: forget the module, so that it holds no heap while the REPL is in use.
+        del sys.modules["hbkeep.wdtpark"]
+        del hbkeep.wdtpark
+except Exception as e:  # a half-copied package must not stop the board from reaching the REPL
+    print("0 boot_error error=%s:%s" % (type(e).__name__, e))

@@ -1,0 +1,141 @@
+# What a board runs at power-on (firmware/main.py calls main()), and the entry point for an application
+# of one's own on top of the link (docs/APP.md): main(app=..., on_data=...).
+#
+# Order: the stop switches (a `noboot` file, a pin held at boot) before anything can fail; then the
+# board table and the config (a bad one is one line and the end, with the REPL free) -- all of that in
+# start.py, which leaves the heap once done; then the services -- Wi-Fi, watchdog, status LED, the
+# application, the client -- each restarted after an exception with a pause that grows while it keeps
+# failing. Only an interrupt (Ctrl-C, mpremote) ends the firmware.
+from . import compat
+
+PAUSE_FIRST_MS = 1000
+PAUSE_MAX_MS = 60000
+STEADY_MS = 60000  # a service that ran this long before failing starts again from the first pause
+OK = 0  # exit code of a host run after an interrupt (a board ignores it)
+
+
+def next_pause(pause):
+    return PAUSE_FIRST_MS if pause == 0 else (pause * 2 if pause * 2 < PAUSE_MAX_MS else PAUSE_MAX_MS)
+
+
+class Settings:
+    """The validated config as plain attributes, free of the validator's class and module."""
+
+
+def prepare(config_path, board_path):
+    """start.prepare(): (cfg, board, client), or the exit code when nothing is to start. The start-up
+    module is forgotten when it returns (no frame of ours holds it any more), so its code leaves the heap."""
+    from . import start
+
+    got = start.prepare(config_path, board_path)
+    compat.forget_module("start")
+    return got
+
+
+def main(config_path="config.json", board_path="board.json", app=None, on_data=None):
+    """Run the firmware until interrupted. app: an async function taking the Client, run beside it;
+    on_data: the handler for received DATA payloads (default: the upper-case echo). Returns the exit
+    code of a host run: 0 after an interrupt or a stop switch, 2 for a bad board or config file."""
+    got = prepare(config_path, board_path)
+    if isinstance(got, int):
+        return got
+    cfg, board, client = got
+    if on_data is not None:
+        client.on_data = on_data
+    return Firmware(cfg, board, client, app).run()
+
+
+class Firmware:
+    def __init__(self, cfg, board, client, app=None):
+        self.cfg = cfg
+        self.board = board
+        self.client = client
+        self.ev = client.ev
+        self.app = app
+        self.feeder = None
+
+    def run(self):
+        pause = 0
+        reason = compat.STOP_INTERRUPT
+        try:
+            compat.on_terminate()  # SIGTERM, where the runtime can catch it, stops us like Ctrl-C
+            while True:
+                try:
+                    compat.run(self.services())
+                except Exception as e:  # escaped the event loop itself
+                    pause = next_pause(pause)
+                    self.ev.emit("crash", "task", "loop", "error", compat.exc_text(e), "restart_ms", pause)
+                    compat.block_ms(pause)
+                    compat.new_loop()
+        except KeyboardInterrupt:
+            reason = compat.stop_reason()
+        self.interrupted(reason)
+        return OK
+
+    def interrupted(self, reason=compat.STOP_INTERRUPT):
+        # First keep the board alive under the user; the lines can wait a moment.
+        if self.feeder is not None:
+            self.feeder.park(self.board, reason)
+        # An interrupt that stopped us may be followed by another (a terminal and a parent both sending
+        # SIGINT); it must not cut the last two lines short: each is retried until written.
+        compat.ignore_interrupts()
+        for line in (0, 1):
+            for _ in range(3):
+                try:
+                    if line == 0:
+                        self.ev.emit("stopped", "reason", reason)
+                    else:
+                        self.client.emit_stats()
+                    break
+                except KeyboardInterrupt:
+                    pass
+
+    async def services(self):
+        cfg = self.cfg
+        board = self.board
+        client = self.client
+        # Each only where the board table has it: the unix board has no Wi-Fi, watchdog or LED.
+        if board.get("wifi") and cfg.wifi_ssid:
+            from . import wifi
+
+            station = wifi.Station(cfg, board, client.ev)
+            client.net.link_up = station.up  # no DNS or connect while the station has no IP
+            compat.create_task(self.keep("wifi", station.keep))
+        if cfg.wdt_ms:
+            from . import watchdog
+
+            ms = watchdog.timeout_for(cfg, board, self.ev)
+            if ms:
+                self.feeder = watchdog.Feeder(client, ms, self.ev)
+                compat.create_task(self.keep("watchdog", self.feeder.run))
+        if cfg.tls_ca and board.get("rtc"):
+            # Certificate dates are checked against the RTC, which a board starts at its epoch: set it.
+            from . import sntp
+
+            compat.create_task(self.keep("sntp", lambda: sntp.keep(cfg.tls_ntp_host, client.ev, client.net.link_up)))
+        if board.get("led_pin") is not None and compat.machine_has("Pin"):
+            from .led import StatusLed
+
+            led = StatusLed(board)
+            compat.create_task(self.keep("led", lambda: led.show(client)))
+        if self.app is not None:
+            compat.create_task(self.keep("app", lambda: self.app(client)))
+        await self.keep("client", client.run)
+
+    async def keep(self, name, start):
+        """Run start() again after each exception, pausing longer while it keeps failing."""
+        pause = 0
+        while True:
+            t0 = compat.ticks_ms()
+            try:
+                await start()
+                return  # ended by itself (an application that is done)
+            except compat.CancelledError:
+                raise
+            except Exception as e:
+                if compat.ticks_diff(compat.ticks_ms(), t0) >= STEADY_MS:
+                    pause = 0
+                pause = next_pause(pause)
+                self.ev.emit("crash", "task", name, "error", compat.exc_text(e), "restart_ms", pause)
+            # Sliced so that the watchdog sees a deliberate wait, not a hang.
+            await self.client.pause(pause)

@@ -1,0 +1,107 @@
+# Start-up, run once by runner.main and then forgotten, so that its code leaves the heap: the stop
+# switches, the board table, the config, the client.
+from . import compat
+from .runner import Settings, OK
+
+NOBOOT_FILE = "noboot"  # at the root of the board's flash: main.py starts nothing
+BAD_FILE = 2  # exit code of a host run with a bad board or config file (a board ignores it)
+
+
+def _line(body):
+    compat.write_line("%s %s" % (compat.ticks_ms(), body))
+
+
+def _exists(path):
+    import os
+
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def boot_hold(board):
+    """True when the board's boot_hold_pin is at boot_hold_level (default 0: pulled up, held to GND)."""
+    pin = board.get("boot_hold_pin")
+    if pin is None:
+        return False
+    if not compat.machine_has("Pin"):
+        _line("autostart hold_pin=%s state=unreadable reason=no_pins_on_this_runtime" % pin)
+        return False
+    import machine
+
+    level = board.get("boot_hold_level", 0)
+    pull = machine.Pin.PULL_UP if level == 0 else machine.Pin.PULL_DOWN
+    return machine.Pin(pin, machine.Pin.IN, pull).value() == level
+
+
+def detach(cfg):
+    s = Settings()
+    for name in dir(cfg):
+        if name[0] != "_":
+            v = getattr(cfg, name)
+            if not callable(v):
+                setattr(s, name, v)
+    return s
+
+
+def load_settings(path):
+    """The validated config (config.ConfigError, a ValueError, when it is not); the validator's module
+    then leaves the heap, since nothing needs it again."""
+    from .config import load
+
+    cfg = detach(load(path))
+    compat.forget_module("config")
+    compat.forget_module("strictjson")  # the config file's reader, used by nothing else
+    return cfg
+
+
+def _fail(kind, text):
+    _line("%s %s" % (kind, str(text).replace("\n", " ")))
+    return BAD_FILE
+
+
+def prepare(config_path, board_path):
+    """(cfg, board, client) ready to run, or the exit code when nothing is to start. Whatever the files
+    hold, this ends in one line (`autostart`, `board_error`, `config_error`) or a client: never a traceback."""
+    if _exists(NOBOOT_FILE):
+        _line("autostart state=off reason=noboot_file")
+        return OK
+    try:
+        board = compat.load_json(board_path)
+    except Exception as e:
+        return _fail("board_error", "path=%s error=%s" % (board_path, compat.exc_text(e)))
+    if boot_hold(board):
+        _line("autostart state=off reason=boot_hold_pin pin=%s" % board["boot_hold_pin"])
+        return OK
+    try:
+        cfg = load_settings(config_path)
+    except ValueError as e:  # config.ConfigError
+        return _fail("config_error", e)
+    except Exception as e:  # MemoryError on a tiny heap, or anything the validator did not foresee
+        return _fail("config_error", "%s: %s" % (config_path, compat.exc_text(e)))
+    try:
+        from .client import Client  # after the config is known good: less heap on a failed start
+
+        client = Client(cfg, board, compat.Net(board))  # the port's socket answers from the table
+    except ValueError as e:  # an unreadable TLS CA file (tls.CaError): named like any config error
+        return _fail("config_error", str(e).replace(" ", "_"))
+    except MemoryError:
+        # The ranges in the config are the protocol's; what fits is the heap's. A buffer that cannot be
+        # allocated is the config's fault, and the key that sized it is named.
+        compat.collect()
+        return _fail("config_error", "%s: %s" % (config_path, buffer_hint(cfg)))
+    return cfg, board, client
+
+
+def buffer_hint(cfg):
+    # Mirrors Client's sizing: the read buffer and, in framed mode, the decoder's frame buffer.
+    need = cfg.rx_buf
+    key = "rx_buf"
+    if cfg.mode == "framed":
+        frame = 8 + cfg.max_payload
+        key = "max_payload" if frame >= cfg.rx_buf else "rx_buf"
+        need = max(cfg.rx_buf, frame) + frame
+    return "%s=%d: buffers of %d bytes do not fit in the heap (%d bytes free); lower %s" % (
+        key, getattr(cfg, key), need, compat.mem_free(), key)
