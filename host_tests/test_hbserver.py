@@ -461,8 +461,8 @@ def test_ticks_crowded_together_cannot_make_an_offline_early():
     c.state, c.name, c.since, c.last_heard = ONLINE, "10.0.0.1:1", 0.0, 0.0
     srv.clients.add(c)
     for now in (0.9, 1.0, 1.05):  # three ticks, but only 1.05 s of quiet: K = 3 needs 2 s
-        srv._tick(now)
+        srv.tick(now)
     assert c.missed == 3 and log.of("offline") == []
-    srv._tick(2.0)
+    srv.tick(2.0)
     (_, f), = log.of("offline")
     assert f["reason"] == "silent" and f["missed"] == 4 and f["since_last_ms"] == 2000

@@ -173,7 +173,7 @@ def test_a_server_that_stops_reading_is_dropped_at_the_stall_limit_not_later():
 async def _one_client(**cfg):
     log = EventLog()
     srv = HeartbeatServer(on_event=log, host="127.0.0.1", port=0, tick_ms=3_600_000, summary_ms=0, **cfg)
-    await srv.start()  # the real ticker waits an hour: the test calls _tick itself
+    await srv.start()  # the real ticker waits an hour: the test calls tick itself
     r, w = await asyncio.open_connection("127.0.0.1", srv.port)
     await log.wait("online")
     return srv, log, next(iter(srv.clients)), w
@@ -185,9 +185,9 @@ def test_a_silent_client_goes_offline_at_exactly_offline_ticks():
         t0 = c.last_heard
         srv.config.tick_ms = 100  # the rule's period, for its time guard
         for k in (1, 2):
-            srv._tick(t0 + 0.1 * k)
+            srv.tick(t0 + 0.1 * k)
             assert not log.of("offline"), "offline after %d ticks, before the rule's 3" % k
-        srv._tick(t0 + 0.3)
+        srv.tick(t0 + 0.3)
         off = log.of("offline")
         assert len(off) == 1 and off[0][1]["missed"] == 3 and off[0][1]["reason"] == "silent"
         w.close()
@@ -200,15 +200,15 @@ def test_a_heart_resets_the_count_so_the_window_restarts():
         srv, log, c, w = await _one_client(offline_ticks=2)
         srv.config.tick_ms = 100
         t0 = c.last_heard
-        srv._tick(t0 + 0.1)
+        srv.tick(t0 + 0.1)
         w.write(encode(HEART))
         await w.drain()
         while c.beats == 0:
             await asyncio.sleep(0.001)
         t1 = c.last_heard
-        srv._tick(t1 + 0.1)
+        srv.tick(t1 + 0.1)
         assert not log.of("offline")  # one tick since the HEART, not two since the connection
-        srv._tick(t1 + 0.2)
+        srv.tick(t1 + 0.2)
         assert log.of("offline")
         w.close()
         await srv.stop()
@@ -236,9 +236,9 @@ def test_the_partial_frame_deadline_runs_from_when_the_held_frame_began():
         began = c.partial_since
         assert began > first
         assert began is not None and loop.time() - began < 0.2  # restarted by the last whole frame
-        srv._tick(began + 0.299)
+        srv.tick(began + 0.299)
         assert not log.of("offline")
-        srv._tick(began + 0.3001)  # (float loop times: the edge itself is not representable)
+        srv.tick(began + 0.3001)  # (float loop times: the edge itself is not representable)
         off = log.of("offline")
         assert off and off[0][1]["reason"] == "protocol" and off[0][1]["partial"] == 3
         w.close()

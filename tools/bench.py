@@ -25,6 +25,8 @@ import tempfile
 import threading
 import time
 
+from firmware.hbkeep.protocol import DATA
+from firmware.hbkeep.protocol_host import encode
 from tools.build import mpycompile
 from tools.paths import BOARDS_DIR, FIRMWARE_DIR
 from tools.hostrun import runtime_argv
@@ -48,7 +50,7 @@ def make_pattern(mode):
     if mode == "raw":
         sent = b"".join(payloads)
         return sent, sent.upper(), payloads
-    sent = b"".join(struct.pack("<ii", 1, PAYLOAD) + p for p in payloads)
+    sent = b"".join(encode(DATA, p) for p in payloads)
     return sent, None, [p.upper() for p in payloads]
 
 

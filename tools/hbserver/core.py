@@ -166,7 +166,7 @@ class HeartbeatServer:
         self._started_at = self._window_at = self.loop.time()
         self._prev_handler = self.loop.get_exception_handler()
         self.loop.set_exception_handler(self._loop_exception)
-        self._tasks.append(asyncio.create_task(self._every(cfg.tick_ms, self._tick)))
+        self._tasks.append(asyncio.create_task(self._every(cfg.tick_ms, self.tick)))
         if cfg.probe_ms:
             self._tasks.append(asyncio.create_task(self._every(cfg.probe_ms, self._probe_sweep)))
         if cfg.summary_ms:
@@ -391,7 +391,10 @@ class HeartbeatServer:
 
     # -- ticks and summaries -----------------------------------------------------------------------
 
-    def _tick(self, now):
+    def tick(self, now):
+        """One checker tick at `now` (time.monotonic() seconds): the offline rule for every client, and
+        the offline reports it calls for. The server's own ticker calls it every tick_ms; a caller with
+        its own clock (a test driving crowded or late ticks) may call it directly."""
         rule = self.offline_rule
         silent = []
         partial = []
