@@ -19,16 +19,13 @@ from support.fwproc import FwProc
 from support.frames import DATA
 from support.scripted_server import ScriptedServer
 from support import fake_machine, vloop
+from support.boards import board
 from support.fake_sockets import FakeConn, FakeNet
-from tools.paths import BOARDS_DIR, FIRMWARE_DIR
+from tools.eventlines import parse_line
+from tools.paths import FIRMWARE_DIR
 
 REPO = os.path.dirname(FIRMWARE_DIR)
 EXAMPLE = os.path.join(REPO, "docs", "examples", "sensor_main.py")
-
-
-def board(name="unix"):
-    with open(os.path.join(BOARDS_DIR, name, "board.json")) as f:
-        return json.load(f)
 
 
 class Harness:
@@ -43,7 +40,7 @@ class Harness:
         self.task = asyncio.create_task(self.client.run())
 
     def names(self):
-        return [x.split(" ")[1] for x in self.lines]
+        return [parse_line(x).name for x in self.lines]
 
 
 def frames_of(data):

@@ -13,21 +13,11 @@ from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
 from support import fake_machine, vloop
+from support.boards import board
 from support.fake_sockets import FakeConn, FakeNet
 from tools import hostrun
+from tools.eventlines import name_fields as fields, parse_line
 from tools.paths import BOARDS_DIR, FIRMWARE_DIR
-
-
-def board(name, **changes):
-    with open(os.path.join(BOARDS_DIR, name, "board.json")) as f:
-        b = json.load(f)
-    b.update(changes)
-    return b
-
-
-def fields(line):
-    ms, name, *kv = line.split(" ")
-    return name, dict(f.partition("=")[::2] for f in kv)
 
 
 @pytest.fixture
@@ -118,7 +108,7 @@ class Rig:
         self.fw = runner.Firmware(self.cfg, board_table, self.client, app)
 
     def events(self, name):
-        return [(int(x.split(" ")[0]), fields(x)[1]) for x in self.lines if fields(x)[0] == name]
+        return [(ev.ms, ev.fields) for ev in map(parse_line, self.lines) if ev.name == name]
 
 
 def run_services(rig, seconds):

@@ -16,20 +16,10 @@ from firmware.hbkeep.events import Events
 from support.fwproc import FwProc
 from support.scripted_server import ScriptedServer
 from support import fake_machine, vloop
+from support.boards import board
 from support.fake_sockets import FakeConn, FakeNet
-from tools.paths import BOARDS_DIR, FIRMWARE_DIR
-
-
-def board(name, **changes):
-    with open(os.path.join(BOARDS_DIR, name, "board.json")) as f:
-        b = json.load(f)
-    b.update(changes)
-    return b
-
-
-def fields(line):
-    ms, name, *kv = line.split(" ")
-    return name, dict(f.partition("=")[::2] for f in kv)
+from tools.eventlines import parse_line
+from tools.paths import FIRMWARE_DIR
 
 
 @pytest.fixture
@@ -54,7 +44,7 @@ class Rig:
         self.fw = runner.Firmware(self.cfg, board_table, self.client)
 
     def events(self, name):
-        return [fields(x)[1] for x in self.lines if fields(x)[0] == name]
+        return [ev.fields for ev in map(parse_line, self.lines) if ev.name == name]
 
     def watchdog_states(self):
         return [e["state"] for e in self.events("watchdog")]

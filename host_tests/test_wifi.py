@@ -1,7 +1,5 @@
 """The board's Wi-Fi station logic, on CPython with a scripted `network` module on a virtual clock."""
 import asyncio
-import json
-import os
 import sys
 
 import pytest
@@ -9,8 +7,8 @@ import pytest
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
 from support import fake_wlan, vloop
+from support.boards import board
 from tools.eventlines import parse_line
-from tools.paths import BOARDS_DIR
 
 
 @pytest.fixture
@@ -22,11 +20,6 @@ def wifi(monkeypatch):
 
     yield mod, net
     sys.modules.pop("firmware.hbkeep.wifi", None)
-
-
-def board(name):
-    with open(os.path.join(BOARDS_DIR, name, "board.json")) as f:
-        return json.load(f)
 
 
 def run_station(mod, net, board_name, statuses, seconds, connect_errors=()):

@@ -55,6 +55,12 @@ def parse_line(line, t=None):
     return Event(ms, parts[1], fields, line, t)
 
 
+def name_fields(line):
+    """(name, fields) of one line: the pair a test compares with the event it expects."""
+    ev = parse_line(line)
+    return ev.name, ev.fields
+
+
 def follow(tag, stream, q):
     """Put (tag, line) on queue q for every line of stream, then (tag, None) at its end, from a thread."""
 

@@ -6,19 +6,12 @@
     ev = await h.wait_event("connected")        # an Event (tools.eventlines): ev.ms, ev.name, ev.fields
 """
 import asyncio
-import json
-import os
 
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
+from support.boards import board
 from tools.eventlines import parse_line
-from tools.paths import BOARDS_DIR
-
-
-def board(name="unix"):
-    with open(os.path.join(BOARDS_DIR, name, "board.json")) as f:
-        return json.load(f)
 
 
 class Harness:
