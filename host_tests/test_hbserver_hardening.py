@@ -8,9 +8,8 @@ misbehaving-peer test checks descriptors, memory and a well-behaved client's sta
 import asyncio
 import os
 import resource
+import signal
 import socket
-import subprocess
-import sys
 import time
 import tracemalloc
 
@@ -19,12 +18,12 @@ import pytest
 from support.fake_device import WAIT, EventLog, FakeClient
 from support.frames import header
 from test_hbserver import run, serving
+from tools.eventlines import HbServerProc, WaitFailed
 from tools.hbserver import HeartbeatServer
 
 from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.protocol import DATA, HEART
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEART_BYTES = encode(HEART)
 
 
@@ -147,7 +146,7 @@ def test_a_split_large_frame_gets_a_buffer_only_while_it_is_split():
 
 
 # -- failures of the server's own parts ----------------------------------------------------------
-@pytest.mark.parametrize("part", ["_tick", "_summary", "_probe_sweep", "emit"])
+@pytest.mark.parametrize("part", ["tick", "_summary", "_probe_sweep", "emit"])
 def test_a_failing_part_stops_the_server_instead_of_leaving_it_half_alive(part):
     async def main():
         log = EventLog()
@@ -179,24 +178,14 @@ def test_a_failing_part_stops_the_server_instead_of_leaving_it_half_alive(part):
     run(main())
 
 
-def _server_proc(*args, **popen):
-    return subprocess.Popen([sys.executable, "-m", "tools.hbserver", "--host", "127.0.0.1", "--port", "0",
-                             *args], cwd=ROOT, stderr=subprocess.PIPE, text=True, **popen)
-
-
 def test_a_closed_stdout_makes_the_process_exit_non_zero_at_once():
-    r, w = os.pipe()
-    os.close(r)  # nobody will ever read: the first event line fails with EPIPE
-    p = _server_proc("--summary-ms", "100", stdout=w)
-    os.close(w)
+    # Nobody will ever read its stdout: the first event line fails with EPIPE.
+    p = HbServerProc("--summary-ms", "100", listen_timeout=None, stdout="closed", stderr="apart")
     try:
-        rc = p.wait(20)
+        rc = p.proc.wait(20)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-    err = p.stderr.read()
-    p.stderr.close()
+        p.stop()
+    err = "\n".join(p.err)
     assert rc == 1, (rc, err)
     assert "Traceback" not in err and "emit failed: BrokenPipeError" in err, err
 
@@ -207,45 +196,30 @@ def test_out_of_descriptors_is_one_line_per_interval_not_a_traceback_per_retry()
     def low_fd_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))  # hard too: the CLI raises soft to hard
 
-    p = _server_proc("--summary-ms", "0", "--tick-ms", "60000", stdout=subprocess.PIPE, preexec_fn=low_fd_limit)
+    p = HbServerProc("--summary-ms", "0", "--tick-ms", "60000", preexec=low_fd_limit, stderr="apart",
+                     stop_signal=signal.SIGINT)
     peers = []
     try:
-        port = None
-        line = p.stdout.readline()
-        assert " listening " in line, line
-        port = int(line.split(" port=")[1].split(" ")[0])
-        peers = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(limit + 10)]
-        seen = []
-        end = time.monotonic() + 15
-        while not seen and time.monotonic() < end:
-            line = p.stdout.readline()
-            if " accept_failed " in line:
-                seen.append(line)
-        assert seen and "reason=EMFILE" in seen[0], seen
+        peers = [socket.create_connection(("127.0.0.1", p.port), timeout=5) for _ in range(limit + 10)]
+        seen = p.wait_event("accept_failed", timeout=15)
+        assert "reason=EMFILE" in seen.line, seen.line
         # asyncio retries the accept every second; over three more seconds: no second line, no traceback.
         for s in peers:
             s.close()
         peers = []
-        newcomer = socket.create_connection(("127.0.0.1", port), timeout=5)
+        newcomer = socket.create_connection(("127.0.0.1", p.port), timeout=5)
         peers.append(newcomer)
-        end = time.monotonic() + 10
-        while time.monotonic() < end:
-            line = p.stdout.readline()
-            assert " accept_failed " not in line, line
-            if " offline " in line:
-                break  # the earlier peers closing: the server is accepting and serving again
-        p.send_signal(2)
-        p.wait(10)
-        err = p.stderr.read()
-        assert "Traceback" not in err and "out of system resource" not in err, err[-2000:]
+        try:
+            p.wait_event("offline", timeout=10)  # the earlier peers closing: accepting and serving again
+        except WaitFailed:
+            pass  # quiet for the whole interval does as well
+        assert p.count("accept_failed") == 1, p.output()[-2000:]
     finally:
         for s in peers:
             s.close()
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        p.stdout.close()
-        p.stderr.close()
+        p.stop(timeout=10)
+    err = "\n".join(p.err)
+    assert "Traceback" not in err and "out of system resource" not in err, err[-2000:]
 
 
 # -- misbehaving peers ---------------------------------------------------------------------------

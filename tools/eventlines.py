@@ -85,10 +85,16 @@ class EventProc:
     `popen` are more subprocess.Popen arguments (e.g. process_group=0). `tee=(queue, tag)` also puts (tag, line) on that queue for every line, and (tag, None) at the end,
     for a caller that merges several processes' output; such a caller may set `record` to False once it
     no longer waits here, so that a long run does not keep every line twice. `workdir` is removed by
-    stop()."""
+    stop().
+
+    `stderr="apart"` keeps stderr out of the events, its lines collected in `err` instead (for a test
+    about what a tool prints where). `stdout="closed"` gives the child a stdout pipe whose reading end
+    is already closed, so that its first write fails with EPIPE (no events are read then). `preexec` is
+    run in the child before the command starts (after SIGINT is set back to its default), e.g. to lower
+    a resource limit."""
 
     def __init__(self, argv, label, cwd=None, workdir=None, tee=None, stop_signal=signal.SIGINT, keep=200,
-                 **popen):
+                 stdout="pipe", stderr="fold", preexec=None, **popen):
         self.label = label
         self.argv = list(argv)
         self.workdir = workdir
@@ -99,20 +105,56 @@ class EventProc:
         self._tail = collections.deque(maxlen=keep)
         self._tee = tee
         self._stopped = False
-        self.proc = subprocess.Popen(
-            self.argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            preexec_fn=default_sigint,  # stoppable with SIGINT even if we inherited it ignored
-            **popen)
-        self._reader = threading.Thread(target=self._read, name="eventproc-" + label, daemon=True)
-        self._reader.start()
+        self._taken = set()  # ids of events returned by a wait: take() passes over them
+        self._grew = threading.Condition()  # notified on every event read and at the end of output
+        self._ended = False
+        self.err = []
+        if stdout == "closed":
+            unread, out = os.pipe()
+            os.close(unread)
+        elif stdout == "pipe":
+            out = subprocess.PIPE
+        else:
+            raise ValueError("stdout must be 'pipe' or 'closed', got %r" % (stdout,))
+        if stderr not in ("fold", "apart"):
+            raise ValueError("stderr must be 'fold' or 'apart', got %r" % (stderr,))
+
+        def child_setup():
+            default_sigint()  # stoppable with SIGINT even if we inherited it ignored
+            if preexec is not None:
+                preexec()
+
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT if stderr == "fold" else subprocess.PIPE,
+                text=True, bufsize=1, preexec_fn=child_setup, **popen)
+        finally:
+            if stdout == "closed":
+                os.close(out)  # the child holds its own copy
+        self._readers = [threading.Thread(target=self._read, name="eventproc-" + label, daemon=True)]
+        if stderr == "apart":
+            self._readers.append(threading.Thread(target=self._read_err, name="eventproc-err-" + label,
+                                                  daemon=True))
+        self._reader = self._readers[0]
+        for t in self._readers:
+            t.start()
+
+    def _read_err(self):
+        try:
+            for line in self.proc.stderr:
+                self.err.append(line.rstrip("\n"))
+        except (OSError, ValueError):
+            pass
 
     def _read(self):
         try:
-            for line in self.proc.stdout:
+            for line in (self.proc.stdout if self.proc.stdout is not None else ()):
                 ev = parse_line(line, time.monotonic())
                 self._tail.append(ev.line)
                 if self.record:
-                    self.events.append(ev)
+                    with self._grew:
+                        self.events.append(ev)
+                        self._grew.notify_all()
                     self._q.put(ev)
                 if self._tee is not None:
                     self._tee[0].put((self._tee[1], ev.line))
@@ -120,6 +162,9 @@ class EventProc:
             pass
         finally:
             self._q.put(None)  # end of output
+            with self._grew:
+                self._ended = True
+                self._grew.notify_all()
             if self._tee is not None:
                 self._tee[0].put((self._tee[1], None))
 
@@ -140,20 +185,48 @@ class EventProc:
             for ev in list(self.events):
                 if ev.name == name and (where is None or where(ev.fields)):
                     return ev
+        return self._consume(lambda ev: ev.name == name and (where is None or where(ev.fields)),
+                             "event %r" % name, timeout)
+
+    def wait_line(self, pred, timeout=10.0, what="line"):
+        """Like wait_event, for a line that is not an event of its own (a prefixed line of a merged
+        output, say): consume lines until `pred(line)` holds; return that Event."""
+        return self._consume(lambda ev: pred(ev.line), what, timeout)
+
+    def _consume(self, match, what, timeout):
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise WaitFailed(self._describe("event %r" % name, timeout))
+                raise WaitFailed(self._describe(what, timeout))
             try:
                 ev = self._q.get(timeout=left)
             except queue.Empty:
-                raise WaitFailed(self._describe("event %r" % name, timeout))
+                raise WaitFailed(self._describe(what, timeout))
             if ev is None:
                 self._q.put(None)  # keep the end marker for later waits
-                raise WaitFailed(self._describe("event %r (output ended)" % name, timeout))
-            if ev.name == name and (where is None or where(ev.fields)):
+                raise WaitFailed(self._describe("%s (output ended)" % what, timeout))
+            if match(ev):
+                self._taken.add(id(ev))
                 return ev
+
+    def take(self, name, timeout=10.0, where=None):
+        """The first event named `name` (satisfying `where(fields)`) not yet returned by a wait, whether
+        read already or still to come. For output where several sources interleave (the workers of one
+        server): a take never swallows the events another take is for, as the consuming waits do.
+        Raises WaitFailed at the deadline or when the output ends first."""
+        deadline = time.monotonic() + timeout
+        with self._grew:
+            while True:
+                for ev in self.events:
+                    if id(ev) not in self._taken and ev.name == name and (where is None or where(ev.fields)):
+                        self._taken.add(id(ev))
+                        return ev
+                left = deadline - time.monotonic()
+                if self._ended or left <= 0:
+                    raise WaitFailed(self._describe("event %r%s" % (
+                        name, " (output ended)" if self._ended else ""), timeout))
+                self._grew.wait(left)
 
     def expect_no_event(self, name, duration, where=None):
         """Watch for `duration` seconds; fail if `name` (matching `where`) shows up. Returns the events
@@ -209,24 +282,32 @@ class EventProc:
             return -1
 
     # -- stopping ----------------------------------------------------------------------------------
-    def stop(self, timeout=5.0):
-        """stop_signal (SIGINT: the firmware prints `stopped` and its stats), then SIGKILL after
+    def drained(self, timeout=10.0):
+        """Wait until the output has ended (every process holding the pipes gone), so that `events`
+        and `err` are complete."""
+        for t in self._readers:
+            t.join(timeout)
+
+    def stop(self, timeout=5.0, sig=None):
+        """`sig` or stop_signal (SIGINT: the firmware prints `stopped` and its stats), then SIGKILL after
         `timeout`. Returns the exit code."""
         if self._stopped:
             return self.proc.returncode
         self._stopped = True
         if self.proc.poll() is None:
             try:
-                self.proc.send_signal(self.stop_signal)
+                self.proc.send_signal(self.stop_signal if sig is None else sig)
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=timeout)
-        self._reader.join(timeout=timeout)
-        try:
-            self.proc.stdout.close()
-        except OSError:
-            pass
+        self.drained(timeout)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            try:
+                if stream is not None:
+                    stream.close()
+            except OSError:
+                pass
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         return self.proc.returncode
@@ -243,15 +324,20 @@ class HbServerProc(EventProc):
     """`python3 -m tools.hbserver` as a child process, started on `host` (127.0.0.1) and `port` (0: a free
     one), with `args` appended; returns once its `listening` line is read, `port` then being the bound
     port; `as_json` adds --json. Raises WaitFailed (after killing the process) when no `listening` line comes within
-    `listen_timeout`. `prefix` is put before the command (e.g. `ip netns exec NS`). Stopped with SIGTERM."""
+    `listen_timeout`; with `listen_timeout=None` it returns at once (`listening` and `port` None), for a
+    server not expected to get that far. `prefix` is put before the command (e.g. `ip netns exec NS`).
+    Stopped with SIGTERM unless `stop_signal` says otherwise; the other EventProc arguments pass through."""
 
     def __init__(self, *args, host="127.0.0.1", port=0, as_json=False, prefix=(), tee=None, listen_timeout=15.0,
-                 **popen):
+                 stop_signal=signal.SIGTERM, **popen):
         argv = list(prefix) + [sys.executable, "-u", "-m", "tools.hbserver", "--host", host, "--port", str(port)]
         if as_json:
             argv.append("--json")
         argv += [str(a) for a in args]
-        super().__init__(argv, "hbserver", cwd=REPO, tee=tee, stop_signal=signal.SIGTERM, **popen)
+        super().__init__(argv, "hbserver", cwd=REPO, tee=tee, stop_signal=stop_signal, **popen)
+        self.listening = self.port = None
+        if listen_timeout is None:
+            return
         try:
             self.listening = self.wait_event("listening", timeout=listen_timeout)
         except WaitFailed:
