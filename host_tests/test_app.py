@@ -16,7 +16,7 @@ from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
 from support.fwproc import FwProc
-from support.frames import DATA
+from support.frames import DATA, frames_of
 from support.scripted_server import ScriptedServer
 from support import fake_machine, vloop
 from support.boards import board
@@ -41,12 +41,6 @@ class Harness:
 
     def names(self):
         return [parse_line(x).name for x in self.lines]
-
-
-def frames_of(data):
-    out, err, leftover = frames.decode(bytes(data))
-    assert err is None and leftover == 0, "a torn or broken stream: %s, %d bytes left" % (err, leftover)
-    return out
 
 
 def data_frames(conn):

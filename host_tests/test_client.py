@@ -11,19 +11,12 @@ import pytest
 from firmware.hbkeep import compat
 from firmware.hbkeep import protocol
 from firmware.hbkeep.protocol_host import encode
-from support import frames, vloop
+from support import vloop
+from support.frames import frames_of
 from support.client_harness import Harness
 from support.fake_sockets import HANG, REFUSE, REFUSE_NOW, FakeConn, FakeNet
 
 HEART_BYTES = encode(protocol.HEART)
-
-
-def frames_of(data, max_payload=1024):
-    """What the client wrote, as frames; a torn, interleaved or partial frame fails the test."""
-    out, err, leftover = frames.decode(bytes(data), max_payload)
-    assert err is None, "client wrote a broken stream: %s" % (err,)
-    assert leftover == 0, "client wrote a partial frame"
-    return out
 
 
 def test_refused_attempts_retry_every_retry_ms_and_close_each_socket():

@@ -12,7 +12,7 @@ from firmware.hbkeep import compat
 from firmware.hbkeep.repeats import FIRST, SUMMARY_MS, FailureRun
 from support import vloop
 from support.fake_sockets import FakeConn, FakeNet
-from test_client import Harness
+from support.client_harness import Harness
 from tools import hostrun
 
 

@@ -6,18 +6,11 @@ import subprocess
 import sys
 import os
 
-from support.fake_device import EventLog
+from support.fake_device import EventLog, run
 from tools.fleet_light import LightFleet
 from tools.hbserver import HeartbeatServer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(coro):
-    async def bounded():
-        async with asyncio.timeout(60):
-            return await coro
-    return asyncio.run(bounded())
 
 
 def refused_port():

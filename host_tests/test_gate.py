@@ -13,6 +13,7 @@ import pytest
 
 from firmware.hbkeep import auth, protocol_host
 from firmware.hbkeep.auth import CHALLENGE
+from support.fake_device import run
 from support.seckit import KEY, OTHER_KEY, authenticate, closed_by_peer, open_device, pki, write_keys  # noqa: F401
 from tools.hbserver import HeartbeatServer, ServerConfig
 
@@ -48,10 +49,6 @@ class Recorder:
             except asyncio.TimeoutError:
                 pass
         return self.named(name, **match)[count - 1]
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 30))
 
 
 async def started(rec, **cfg):

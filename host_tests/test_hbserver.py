@@ -6,7 +6,6 @@ and bytes arriving (support/fake_device.py), never on bare sleeps. Ticks are ten
 the suite stays fast; timing assertions are only those docs/SERVER.md promises.
 """
 import asyncio
-import contextlib
 import json
 import math
 import random
@@ -16,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from support.fake_device import WAIT, EventLog, FakeClient, upper
+from support.fake_device import WAIT, EventLog, FakeClient, run, serving, upper
 from support.frames import header
 from tools.eventlines import HbServerProc
 from tools import hbserver
@@ -25,38 +24,6 @@ from tools.hbserver import HeartbeatServer
 
 from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.protocol import DATA, HEART
-
-TEST_DEADLINE = 60.0  # a whole test; far above what any takes, only so that a hang fails instead
-
-
-def run(coro):
-    async def bounded():
-        async with asyncio.timeout(TEST_DEADLINE):
-            return await coro
-    return asyncio.run(bounded())
-
-
-@contextlib.asynccontextmanager
-async def serving(**cfg):
-    """A server on 127.0.0.1, ephemeral port, recording its events; stopped on the way out."""
-    cfg.setdefault("summary_ms", 0)
-    log = EventLog()
-    srv = HeartbeatServer(on_event=log, host="127.0.0.1", port=0, **cfg)
-    await srv.start()
-    clients = []
-
-    async def connect(**kw):
-        c = await FakeClient.connect(srv.port, **kw)
-        clients.append(c)
-        return c
-
-    try:
-        yield srv, log, connect
-    finally:
-        await srv.stop()
-        for c in clients:
-            await c.close()
-
 
 # -- many clients, churn -----------------------------------------------------------------------------
 

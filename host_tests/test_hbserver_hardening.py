@@ -15,9 +15,8 @@ import tracemalloc
 
 import pytest
 
-from support.fake_device import WAIT, EventLog, FakeClient
+from support.fake_device import WAIT, EventLog, FakeClient, run, serving
 from support.frames import header
-from test_hbserver import run, serving
 from tools.eventlines import HbServerProc, WaitFailed
 from tools.hbserver import HeartbeatServer
 

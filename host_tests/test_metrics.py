@@ -5,19 +5,12 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.fake_device import EventLog, FakeClient, upper
+from support.fake_device import EventLog, FakeClient, run, upper
 from support.storefix import store  # noqa: F401  (store is a fixture)
 from tools.hbserver import HeartbeatServer
 from tools.hbserver.metrics import RTT_BUCKETS, Metrics, rtt_buckets
 from tools.hbserver.presence import Presence, PresenceConfig
 from tools.hbserver.probe import Histogram
-
-
-def run(coro):
-    async def bounded():
-        async with asyncio.timeout(60):
-            return await coro
-    return asyncio.run(bounded())
 
 
 async def scrape(port):

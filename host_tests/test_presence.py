@@ -8,21 +8,11 @@ import json
 import pytest
 import redis.asyncio as aioredis
 
-from support.fake_device import EventLog, FakeClient
+from support.fake_device import EventLog, FakeClient, run
 from support.storefix import WAIT, store, until  # noqa: F401  (store is a fixture)
 from tools.fleetstatus import snapshot
 from tools.hbserver import HeartbeatServer
 from tools.hbserver.presence import Presence, PresenceConfig, device_name, parse_url
-
-TEST_DEADLINE = 60.0
-
-
-def run(coro):
-    async def bounded():
-        async with asyncio.timeout(TEST_DEADLINE):
-            return await coro
-    return asyncio.run(bounded())
-
 
 async def start_server(url, server_id, **presence_kw):
     log = EventLog()

@@ -10,11 +10,11 @@ import subprocess
 import pytest
 
 from firmware.hbkeep.link import Link
-from support.fake_device import EventLog
+from support.fake_device import EventLog, run
 from support import vloop
 from support.fake_sockets import FakeConn, FakeNet
-from test_client import Harness, frames_of
-from test_hbserver import run
+from support.client_harness import Harness
+from support.frames import frames_of
 from tools import hostrun
 from tools.hbserver import HeartbeatServer
 

@@ -6,15 +6,54 @@ recorder of the server's events.
     c.beat(); await c.wait_hearts(1)
     fields = await log.wait("offline", client=c.name)
 
+    run(main())                                    # asyncio.run, bounded by TEST_DEADLINE
+    async with serving(tick_ms=50) as (srv, log, connect): ...   # a real server on loopback
+
 Everything here waits on asyncio events with deadlines; nothing sleeps to synchronise.
 """
 import asyncio
+import contextlib
 
 from firmware.hbkeep import protocol
 from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.protocol import DATA, ERROR, FRAME_ASSEMBLED, FRAME_IN_PLACE, HEADER_SIZE, HEART
 
 WAIT = 10.0  # seconds: any single wait that must succeed; generous for a loaded CI machine
+TEST_DEADLINE = 60.0  # a whole test; far above what any takes, only so that a hang fails instead
+
+
+def run(coro, deadline=TEST_DEADLINE):
+    """asyncio.run(coro), failing with TimeoutError after `deadline` seconds instead of hanging."""
+    async def bounded():
+        async with asyncio.timeout(deadline):
+            return await coro
+    return asyncio.run(bounded())
+
+
+@contextlib.asynccontextmanager
+async def serving(**cfg):
+    """A tools.hbserver HeartbeatServer on 127.0.0.1, ephemeral port, recording its events in an
+    EventLog; yields (server, log, connect) where `await connect(**kw)` is a FakeClient to it. The
+    server is stopped and the clients closed on the way out."""
+    from tools.hbserver import HeartbeatServer  # the doubles themselves need no server
+
+    cfg.setdefault("summary_ms", 0)
+    log = EventLog()
+    srv = HeartbeatServer(on_event=log, host="127.0.0.1", port=0, **cfg)
+    await srv.start()
+    clients = []
+
+    async def connect(**kw):
+        c = await FakeClient.connect(srv.port, **kw)
+        clients.append(c)
+        return c
+
+    try:
+        yield srv, log, connect
+    finally:
+        await srv.stop()
+        for c in clients:
+            await c.close()
 
 
 def upper(payload):

@@ -41,3 +41,11 @@ def decode(data, max_payload=1024):
         elif dec.event == protocol.FRAME_ASSEMBLED:
             out.append((dec.type, bytes(dec.frame[HEADER_SIZE : HEADER_SIZE + dec.length])))
     return out, None, dec.have
+
+
+def frames_of(data, max_payload=1024):
+    """What a client wrote, as frames (type, payload); a torn, interleaved or partial frame fails the test."""
+    out, err, leftover = decode(bytes(data), max_payload)
+    assert err is None, "client wrote a broken stream: %s" % (err,)
+    assert leftover == 0, "client wrote a partial frame"
+    return out
