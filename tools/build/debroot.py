@@ -17,8 +17,9 @@ import glob
 import os
 import shlex
 import shutil
-import subprocess
 import tempfile
+
+from tools.build.probecmd import run
 
 APT_SOURCES = "/etc/apt/sources.list"
 APT_SOURCE_PARTS = "/etc/apt/sources.list.d"
@@ -33,17 +34,6 @@ DEBIAN_SUITES = {
 
 class DebrootError(RuntimeError):
     pass
-
-
-def run(argv, timeout=30, cwd=None):
-    """Run argv; return (returncode, stdout, stderr). A command that cannot be started reports rc 127."""
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd)
-    except OSError as e:
-        return 127, "", str(e)
-    except subprocess.TimeoutExpired:
-        return 124, "", "timed out after %d s" % timeout
-    return p.returncode, p.stdout, p.stderr
 
 
 # -- the machine's apt mirror ----------------------------------------------------------------------

@@ -16,15 +16,12 @@ Where the binary comes from, first match wins:
 Failures raise MpbinError (a RuntimeError) naming what is missing; the command line prints it and exits
 non-zero. There is no silent fallback to anything else.
 """
-import argparse
-import contextlib
-import fcntl
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import sysconfig
+
+from tools.build import probecmd
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,52 +43,15 @@ def log(msg):
 
 
 # -- running a candidate ---------------------------------------------------------------------------
-def _run(argv, timeout=30, cwd=None):
-    """Run argv; return (returncode, stdout, stderr). A command that cannot be started reports rc 127."""
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd)
-    except OSError as e:
-        return 127, "", str(e)
-    except subprocess.TimeoutExpired:
-        return 124, "", "timed out after %d s" % timeout
-    return p.returncode, p.stdout, p.stderr
-
-
 def probe(argv):
     """None when argv starts MicroPython and runs a statement, else a short reason why not."""
-    rc, out, err = _run(list(argv) + ["-c", PROBE])
+    rc, out, err = probecmd.run(list(argv) + ["-c", PROBE])
     if rc == 0 and out.strip() == "micropython":
         return None
     return "rc=%d, output: %s" % (rc, (err or out).strip()[-300:] or "(none)")
 
 
-@contextlib.contextmanager
-def _lock(path):
-    """An exclusive lock on `path` held for the block, so parallel provisioning callers fetch once and the
-    rest wait. Kept here for every provisioning helper of tools/build."""
-    with open(path, "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log("waiting for another process that holds %s" % path)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 # -- the search ------------------------------------------------------------------------------------
-def _override():
-    value = os.environ.get("MICROPYTHON")
-    if not value:
-        return None
-    path = value if os.sep in value else shutil.which(value)
-    if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
-        raise MpbinError("MICROPYTHON=%s is not an executable file" % value)
-    return [os.path.abspath(path)]
-
-
 def scripts_dir():
     """Where pip put the console scripts of the running Python's environment (.venv/bin here)."""
     return os.environ.get("MPBIN_SCRIPTS_DIR") or sysconfig.get_path("scripts")
@@ -105,7 +65,7 @@ def wheel_script():
 
 def micropython_argv():
     """The argv prefix that runs MicroPython: append a script path (or -c CODE) and its arguments."""
-    override = _override()
+    override = probecmd.env_override("MICROPYTHON", MpbinError)
     if override is not None:
         return override
     key = scripts_dir()
@@ -134,25 +94,7 @@ def _search():
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python3 -m tools.build.mpbin", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true", help="run the binary once and print its version")
-    args = ap.parse_args(argv)
-    try:
-        cmd = micropython_argv()
-    except MpbinError as e:
-        print("mpbin: error: %s" % e, file=sys.stderr)
-        return 1
-    if args.check:
-        rc, out, err = _run(cmd + ["-c", VERSION])
-        if rc != 0 or not out.strip():
-            print("mpbin: error: %s failed its check (rc=%d): %s" % (
-                shlex.join(cmd), rc, (err or out).strip()[-500:]), file=sys.stderr)
-            return 1
-        print(out.strip())
-        log("command: %s" % shlex.join(cmd))
-    else:
-        print(shlex.join(cmd))
-    return 0
+    return probecmd.main("mpbin", __doc__, micropython_argv, VERSION, MpbinError, log, argv)
 
 
 if __name__ == "__main__":

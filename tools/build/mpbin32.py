@@ -20,14 +20,11 @@ Where it comes from, first match wins:
 A copy that does not run, or runs but is not 32-bit, is refused with the reason. Failures raise
 DebrootError naming every suite tried and what went wrong with each.
 """
-import argparse
 import os
 import platform
-import shlex
-import shutil
 import sys
 
-from tools.build import debroot
+from tools.build import debroot, probecmd
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CACHE_DIR = os.path.join(REPO, ".cache", "micropython32")
@@ -66,22 +63,12 @@ def root_argv(root):
 
 def probe(argv):
     """None when argv runs a 32-bit MicroPython, else the reason it does not."""
-    rc, out, err = debroot.run(list(argv) + ["-c", PROBE])
+    rc, out, err = probecmd.run(list(argv) + ["-c", PROBE])
     if rc == 0 and out.strip() == WANT:
         return None
     if rc == 0:
         return "it runs but is not a 32-bit MicroPython (said %r, want %r)" % (out.strip(), WANT)
     return "rc=%d, output: %s" % (rc, (err or out).strip()[-300:] or "(none)")
-
-
-def _override():
-    value = os.environ.get("MICROPYTHON32")
-    if not value:
-        return None
-    path = value if os.sep in value else shutil.which(value)
-    if not path or not os.path.isfile(path) or not os.access(path, os.X_OK):
-        raise DebrootError("MICROPYTHON32=%s is not an executable file" % value)
-    return [os.path.abspath(path)]
 
 
 def provision():
@@ -94,7 +81,7 @@ def provision():
 
 def micropython32_argv(fetch=True):
     """The argv prefix that runs the 32-bit MicroPython; fetches it on first use unless fetch=False."""
-    override = _override()
+    override = probecmd.env_override("MICROPYTHON32", DebrootError)
     if override is not None:
         return override
     key = cache_dir()
@@ -111,26 +98,7 @@ def micropython32_argv(fetch=True):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python3 -m tools.build.mpbin32", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--check", action="store_true", help="run the binary once and print its version")
-    ap.add_argument("--no-fetch", action="store_true", help="fail instead of downloading when it is missing")
-    args = ap.parse_args(argv)
-    try:
-        cmd = micropython32_argv(fetch=not args.no_fetch)
-    except DebrootError as e:
-        print("mpbin32: error: %s" % e, file=sys.stderr)
-        return 1
-    if args.check:
-        rc, out, err = debroot.run(cmd + ["-c", VERSION])
-        if rc != 0 or not out.strip():
-            print("mpbin32: error: %s failed its check (rc=%d): %s" % (
-                shlex.join(cmd), rc, (err or out).strip()[-500:]), file=sys.stderr)
-            return 1
-        print(out.strip())
-        log("command: %s" % shlex.join(cmd))
-    else:
-        print(shlex.join(cmd))
-    return 0
+    return probecmd.main("mpbin32", __doc__, micropython32_argv, VERSION, DebrootError, log, argv, can_fetch=True)
 
 
 if __name__ == "__main__":
