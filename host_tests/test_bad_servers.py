@@ -3,7 +3,6 @@ floods and never reads, one that stalls, ones that lie about lengths. Each sessi
 reason that names what the server did, the firmware must reconnect, and nothing may pile up: open
 descriptors equal at every disconnect, and (MicroPython) heap after gc.collect() flat across rounds.
 The firmware runs inside host_tests/fwharness.py, which prints heap and descriptors at each disconnect."""
-import select
 import socket
 import struct
 import threading
@@ -11,7 +10,7 @@ import time
 
 import pytest
 
-from support.faultkit import InstrumentedFwProc
+from support.faultkit import InstrumentedFwProc, accept_until, loopback_listener
 from support.frames import header
 
 
@@ -38,10 +37,7 @@ BEHAVIOURS = {
 class BadServer:
     def __init__(self, plan):
         self.plan = plan
-        self.lsock = socket.socket()
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(16)
+        self.lsock = loopback_listener(16)
         self.port = self.lsock.getsockname()[1]
         self.sessions = 0
         self._stop = threading.Event()
@@ -51,19 +47,14 @@ class BadServer:
         self._threads.append(t)
 
     def _accept(self):
-        while not self._stop.is_set():
-            r, _, _ = select.select([self.lsock], [], [], 0.05)
-            if not r:
-                continue
-            try:
-                s, _ = self.lsock.accept()
-            except OSError:
-                continue
-            what = self.plan[self.sessions % len(self.plan)]
-            self.sessions += 1
-            t = threading.Thread(target=self._play, args=(s, what), daemon=True)
-            t.start()
-            self._threads.append(t)
+        accept_until(self.lsock, self._stop, self._session)
+
+    def _session(self, s):
+        what = self.plan[self.sessions % len(self.plan)]
+        self.sessions += 1
+        t = threading.Thread(target=self._play, args=(s, what), daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def _until_closed(self, s, limit):
         # Wait for the firmware to drop us, reading nothing: poll reports the peer's FIN/RST as an error

@@ -22,6 +22,31 @@ INSTRUMENTED = os.path.join(HERE, "fw_instrumented.py")
 TOL_MS = 250
 
 
+def loopback_listener(backlog=16):
+    """A TCP socket listening on 127.0.0.1 at a free port."""
+    import socket
+
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(backlog)
+    return lsock
+
+
+def accept_until(lsock, stop, handle):
+    """Accept on `lsock` until `stop` (a threading.Event, looked at every 50 ms) is set, calling
+    handle(sock) for each connection; a failed accept is passed over. Run it in a thread of its own."""
+    while not stop.is_set():
+        r, _, _ = select.select([lsock], [], [], 0.05)
+        if not r:
+            continue
+        try:
+            s, _ = lsock.accept()
+        except OSError:
+            continue
+        handle(s)
+
+
 def ms(seconds):
     """Seconds (host clock differences) to whole milliseconds, for the table."""
     return int(round(seconds * 1000))
@@ -73,13 +98,8 @@ class CloseAtOnceServer:
     connect/disconnect cycles. Counts accepts. Listens on 127.0.0.1 unless given a socket."""
 
     def __init__(self, lsock=None):
-        import socket
-
         if lsock is None:
-            lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            lsock.bind(("127.0.0.1", 0))
-            lsock.listen(128)
+            lsock = loopback_listener(128)
         self.lsock = lsock
         self.port = lsock.getsockname()[1]
         self.accepted = 0
@@ -88,16 +108,11 @@ class CloseAtOnceServer:
         self._thread.start()
 
     def _run(self):
-        while not self._stop.is_set():
-            r, _, _ = select.select([self.lsock], [], [], 0.05)
-            if not r:
-                continue
-            try:
-                s, _ = self.lsock.accept()
-            except OSError:
-                continue
-            s.close()
-            self.accepted += 1
+        accept_until(self.lsock, self._stop, self._close)
+
+    def _close(self, s):
+        s.close()
+        self.accepted += 1
 
     def close(self):
         self._stop.set()
