@@ -4,13 +4,13 @@ import asyncio
 import socket
 import subprocess
 import sys
-import threading
 import types
 
 import pytest
 
 from firmware.hbkeep import sntp
 from support.fwproc import micropython_status, require_runtime
+from support.loopserver import LoopbackServer
 from tools import hostrun
 
 T = 1_764_000_000  # a moment in 2025, seconds since 1970
@@ -24,36 +24,19 @@ def reply(unix_seconds, mode=4, stratum=2):
     return bytes(b)
 
 
-class FakeSntp:
+class FakeSntp(LoopbackServer):
     """Answers each request with reply(T), after ignoring the first `drop` requests."""
 
     def __init__(self, drop=0):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         self.drop = drop
         self.requests = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
+        super().__init__(udp=True)
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                data, peer = self.sock.recvfrom(512)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.requests.append(data)
-            if len(self.requests) > self.drop:
-                self.sock.sendto(reply(T), peer)
-
-    def close(self):
-        self._stop.set()
-        self._t.join(timeout=5)
-        self.sock.close()
+    def step(self):
+        data, peer = self.sock.recvfrom(512)
+        self.requests.append(data)
+        if len(self.requests) > self.drop:
+            self.sock.sendto(reply(T), peer)
 
 
 def test_parse_takes_the_transmit_timestamp_and_refuses_non_answers():

@@ -2,14 +2,13 @@
 over loopback, with certificates made fresh by tools.certs. A refused certificate is a connect_failed with
 a tls_* reason and then the usual retry; a handshake that never ends is bounded; beats, echo probes and
 the CA file's two encodings work; a plaintext device never gets in."""
-import socket
-import threading
 
 import pytest
 
 from firmware.hbkeep import tls as fwtls
 from firmware.hbkeep.config import Config, ConfigError
 from support.fwproc import FwProc
+from support.loopserver import LoopbackServer
 from support.seckit import pki  # noqa: F401  (session fixture: CA, server certificates, an expired one)
 from tools.eventlines import HbServerProc
 
@@ -85,35 +84,11 @@ def test_a_plaintext_device_never_gets_into_a_tls_server(any_runtime, pki):
     assert not [e for e in srv.events if e.name == "online"]
 
 
-class SilentServer:
+class SilentServer(LoopbackServer):
     """Accepts and reads, never answers: a TLS handshake against it can only time out."""
 
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.conns = []
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                self.conns.append(self.sock.accept()[0])
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-
-    def close(self):
-        self._stop.set()
-        self._t.join(timeout=5)
-        self.sock.close()
-        for c in self.conns:
-            c.close()
+    def step(self):
+        self.conns.append(self.sock.accept()[0])
 
 
 def test_a_handshake_that_never_ends_is_bounded_and_the_loop_keeps_running(any_runtime, pki):

@@ -4,14 +4,13 @@ tests, and a scripted auth server for device-side ones."""
 import asyncio
 import json
 import os
-import socket
 import ssl
-import threading
 
 import pytest
 
 from firmware.hbkeep import auth
 from firmware.hbkeep.auth import CHALLENGE, DeviceAuth
+from support.loopserver import LoopbackServer
 from tools import certs
 
 KEY = bytes(range(32))
@@ -82,7 +81,7 @@ async def closed_by_peer(reader, timeout=5):
 
 # -- a scripted server for the device's side ------------------------------------------------------------
 
-class ScriptedAuthServer:
+class ScriptedAuthServer(LoopbackServer):
     """One-thread loopback server: for each connection sends CHALLENGE, reads the AUTH frame, and
     answers with `reply(auth_payload, snonce)` (bytes to send; None: send nothing and hold the line).
     Records every byte received before its reply, to check the device sent nothing else."""
@@ -90,40 +89,25 @@ class ScriptedAuthServer:
     def __init__(self, reply, key=KEY):
         self.reply = reply
         self.key = key
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
         self.received = []  # bytes received per connection, up to the reply
-        self.conns = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(backlog=8)
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                c, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.conns.append(c)
-            c.settimeout(5)
-            try:
-                snonce = os.urandom(16)
-                c.sendall(auth.frame(CHALLENGE, snonce))
-                head = self._exactly(c, 8)
-                length = int.from_bytes(head[4:], "little", signed=True)
-                payload = self._exactly(c, length)
-                self.received.append(head + payload)
-                out = self.reply(payload, snonce)
-                if out:
-                    c.sendall(out)
-            except (OSError, ValueError):
-                pass
+    def step(self):
+        c, _ = self.sock.accept()
+        self.conns.append(c)
+        c.settimeout(5)
+        try:
+            snonce = os.urandom(16)
+            c.sendall(auth.frame(CHALLENGE, snonce))
+            head = self._exactly(c, 8)
+            length = int.from_bytes(head[4:], "little", signed=True)
+            payload = self._exactly(c, length)
+            self.received.append(head + payload)
+            out = self.reply(payload, snonce)
+            if out:
+                c.sendall(out)
+        except (OSError, ValueError):
+            pass
 
     @staticmethod
     def _exactly(c, n):
@@ -134,10 +118,3 @@ class ScriptedAuthServer:
                 raise ValueError("closed")
             b += chunk
         return b
-
-    def close(self):
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sock.close()
-        for c in self.conns:
-            c.close()
