@@ -15,6 +15,7 @@ package(
         "__init__.py",
         "appio.py",
         "auth.py",
+        "authio.py",
         "client.py",
         "compat.py",
         "config.py",
