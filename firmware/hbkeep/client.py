@@ -14,11 +14,11 @@ from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_M
 from . import sockopts
 from .link import Link, BEAT, SILENT, STALLED
 from .events import Events, Stats
-from .repeats import FailureRun
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
     from .config import Config
+    from .repeats import FailureRun
 
 VERSION = "0.1.0"
 
@@ -37,6 +37,7 @@ class Client:
     # Declared for the type checker only (MicroPython generates no code for a bare annotation): mypy then
     # knows every cfg.<name> read in this class, and a misspelt one fails `make typecheck`.
     cfg: "Config"
+    failing: "FailureRun | None"
 
     def __init__(self, config, board, net=None, events=None):
         self.cfg = config
@@ -73,7 +74,9 @@ class Client:
         self._detail = None
         self._rx_task = None
         self._beat_task = None  # finishes a beat the socket took only part of
-        self.failing = FailureRun(cfg.verbose)  # which connect failures get a line of their own
+        # Which connect failures get a line of their own: repeats.FailureRun, made at the first failure,
+        # so that a device that connects at once never loads it.
+        self.failing = None
         # The application's side (docs/APP.md, appio.py): a handler for received DATA payloads (None: the
         # seed's upper-case echo, in place and allocation-free) and send() for frames of its own.
         self.on_data = None
@@ -151,10 +154,15 @@ class Client:
 
     def _failed(self, now, reason):
         """True when this failure gets its own line; else maybe a summary line is due instead."""
-        if self.failing.failed(now, reason):
+        run = self.failing
+        if run is None:
+            from .repeats import FailureRun
+
+            run = self.failing = FailureRun(self.cfg.verbose)
+        if run.failed(now, reason):
             return True
-        if self.failing.summary_due(now):
-            self.ev.emit("connect_failing", *self.failing.summary(now))
+        if run.summary_due(now):
+            self.ev.emit("connect_failing", *run.summary(now))
         return False
 
     def _resolve(self):
@@ -213,7 +221,8 @@ class Client:
             sock, pre = await tls.start(self, tlsc, sock, t0)
             if sock is None:
                 return None
-        summary = self.failing.ended(ticks_ms())  # a run of failures ends with a connection, not a TCP one
+        # A run of failures ends with a connection, not a TCP one.
+        summary = self.failing.ended(ticks_ms()) if self.failing is not None else None
         if summary is not None:
             self.ev.emit("connect_failing", *summary)
         st.connects += 1
