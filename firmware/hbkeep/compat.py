@@ -72,8 +72,14 @@ if MICROPYTHON:
         # and a Ctrl-C landing between the two glued the next line (`stopped`) onto this one.
         _out.write(s + "\n")
 
-    def block_ms(ms):
-        time.sleep_ms(ms)
+    # The runtime's own functions where nothing needs adding: a wrapper of ours would be one more
+    # function object and its code, in the heap for the life of the firmware.
+    block_ms = time.sleep_ms
+    mem_alloc = gc.mem_alloc
+    mem_free = gc.mem_free
+    collect = gc.collect
+    # After an exception escaped asyncio.run, the old loop's tasks are still queued: start afresh.
+    new_loop = asyncio.new_event_loop
 
     def forget_module(name):
         # Drop a module of the package once it has done its work (the config validator), so that its
@@ -83,24 +89,11 @@ if MICROPYTHON:
             delattr(pkg, name)
         sys.modules.pop(pkg.__name__ + "." + name, None)
 
-    def new_loop():
-        # After an exception escaped asyncio.run, the old loop's tasks are still queued: start afresh.
-        asyncio.new_event_loop()
-
-    def mem_alloc():
-        return gc.mem_alloc()
-
-    def mem_free():
-        return gc.mem_free()
-
     def on_terminate():
         pass  # no signal module: on a board nothing sends SIGTERM; on the unix port hostrun turns it into SIGINT
 
-    def ignore_interrupts():
-        pass  # the unix port's handler cannot be swapped from Python; main.final_lines retries instead
-
-    def collect():
-        gc.collect()
+    # The unix port's handler cannot be swapped from Python; Firmware.interrupted retries instead.
+    ignore_interrupts = on_terminate
 
     # asyncio's poller. Private, but stable since MicroPython 1.13 and exactly what its own Stream
     # methods wait on; the public Stream API would allocate a generator per read.
