@@ -19,6 +19,7 @@ package(
         "client.py",
         "compat.py",
         "config.py",
+        "eai.py",
         "events.py",
         "fastbuf.py",
         "led.py",
