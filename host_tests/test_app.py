@@ -9,16 +9,17 @@ import signal
 
 import pytest
 
-import frames
+from support import frames
 from firmware.hbkeep import compat, protocol
 from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
-from fwproc import FwProc, any_runtime  # noqa: F401  (a fixture)
-from scripted_server import DATA, ScriptedServer
-from shim import fake_machine, vloop
-from shim.fakenet import FakeConn, FakeNet
+from support.fwproc import FwProc
+from support.frames import DATA
+from support.scripted_server import ScriptedServer
+from support import fake_machine, vloop
+from support.fake_sockets import FakeConn, FakeNet
 from tools.paths import BOARDS_DIR, FIRMWARE_DIR
 
 REPO = os.path.dirname(FIRMWARE_DIR)

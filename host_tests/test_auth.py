@@ -10,7 +10,7 @@ import pytest
 from firmware.hbkeep import auth, auth_host
 from firmware.hbkeep.auth import AUTH, CHALLENGE, WELCOME, AuthError, DeviceAuth
 from firmware.hbkeep.config import Config, ConfigError
-from fwproc import micropython_status, require_runtime
+from support.fwproc import micropython_status, require_runtime
 from tools import hostrun
 
 # RFC 4231 section 4: (key, data) of test cases 1-4, 6 and 7 (case 5 is a truncated output).

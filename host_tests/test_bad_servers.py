@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from faultkit import HarnessProc
-from fwproc import any_runtime  # noqa: F401  (a fixture)
+from support.faultkit import InstrumentedFwProc
+from support.frames import header
 
 
 @pytest.fixture
@@ -22,10 +22,6 @@ def runtime(any_runtime):
 
 ROUNDS = 3
 HEAP_TOL = 512  # bytes; a leaked socket, task or frame buffer per session would be far more, times rounds
-
-
-def header(ftype, length):
-    return struct.pack("<ii", ftype, length)
 
 
 # what the server does -> the disconnect reasons that name it
@@ -126,7 +122,7 @@ def test_bad_servers_end_sessions_by_name_and_leave_nothing_behind(runtime):
     srv = BadServer(plan)
     cfg = {"port": srv.port, "beat_ms": 50, "peer_miss": 3, "peer_timeout": "strict", "retry_ms": 10,
            "stats_ms": 0, "max_payload": 1024}
-    fw = HarnessProc(runtime, cfg, watch=("disconnected",), every=1)
+    fw = InstrumentedFwProc(runtime, cfg, watch=("disconnected",), every=1)
     try:
         probes = [fw.wait_event("probe", timeout=30, where=lambda f: f["after"] == "disconnected")
                   for _ in range(n)]

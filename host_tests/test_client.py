@@ -2,75 +2,20 @@
 
 Every branch -- refused, hanging connect, EAGAIN, partial reads and writes, EOF mid-frame, reset,
 blocked writes, lacking socket options -- is reproduced exactly, and times are exact to the millisecond
-because the clock is virtual (shim/vloop.py)."""
+because the clock is virtual (support/vloop.py)."""
 import asyncio
 import errno
-import json
-import os
 
 import pytest
 
 from firmware.hbkeep import compat
-import frames
 from firmware.hbkeep import protocol
 from firmware.hbkeep.protocol_host import encode
-from firmware.hbkeep.client import Client
-from firmware.hbkeep.config import Config
-from firmware.hbkeep.events import Events
-from shim.fakenet import HANG, REFUSE, REFUSE_NOW, FakeConn, FakeNet
-from shim import vloop
-from tools.paths import BOARDS_DIR
+from support import frames, vloop
+from support.client_harness import Harness
+from support.fake_sockets import HANG, REFUSE, REFUSE_NOW, FakeConn, FakeNet
 
 HEART_BYTES = encode(protocol.HEART)
-
-
-def board(name="unix"):
-    with open(os.path.join(BOARDS_DIR, name, "board.json")) as f:
-        return json.load(f)
-
-
-def parse(line):
-    ms, name, *fields = line.split(" ")
-    return int(ms), name, dict(f.partition("=")[::2] for f in fields)
-
-
-class Harness:
-    def __init__(self, net, board_name="unix", **cfg):
-        cfg.setdefault("stats_ms", 0)
-        self.lines = []
-        self.net = net
-        self.client = Client(Config(cfg), board(board_name), net, Events(write=self._write))
-        self.task = None
-        self._grew = None  # set on every line: waits wake on output, not on a polling clock
-
-    def _write(self, line):
-        self.lines.append(line)
-        if self._grew is not None:
-            self._grew.set()
-
-    def start(self):
-        self.task = asyncio.create_task(self.client.run())
-
-    def events(self, name=None):
-        out = [parse(x) for x in self.lines]
-        return [e for e in out if name is None or e[1] == name]
-
-    async def wait_event(self, name, count=1, limit_s=3600):
-        # Woken by each new line; the limit is on the virtual clock, which jumps over idle time, so even
-        # a wait that runs out costs no real time (a poll every virtual ms would cost minutes).
-        loop = asyncio.get_running_loop()
-        end = loop.time() + limit_s
-        if self._grew is None:
-            self._grew = asyncio.Event()
-        while len(self.events(name)) < count:
-            left = end - loop.time()
-            assert left > 0, "no %r event within %ss; lines: %s" % (name, limit_s, self.lines[-10:])
-            self._grew.clear()
-            try:
-                await asyncio.wait_for(self._grew.wait(), left)
-            except asyncio.TimeoutError:
-                pass
-        return self.events(name)[count - 1]
 
 
 def frames_of(data, max_payload=1024):

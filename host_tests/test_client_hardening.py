@@ -1,6 +1,6 @@
 """Nothing kills the client and nothing floods its console: exceptions become events and reconnects,
 resolver failures read the same on every runtime, and a server that stays down costs a few lines, not ten
-a second. Scripted network on a virtual clock (shim/), so hours of retries take milliseconds."""
+a second. Scripted network on a virtual clock (support/), so hours of retries take milliseconds."""
 import asyncio
 import errno
 import socket
@@ -10,11 +10,10 @@ import pytest
 
 from firmware.hbkeep import compat
 from firmware.hbkeep.repeats import FIRST, SUMMARY_MS, FailureRun
-from shim import vloop
-from shim.fakenet import FakeConn, FakeNet
+from support import vloop
+from support.fake_sockets import FakeConn, FakeNet
 from test_client import Harness
 from tools import hostrun
-from fwproc import any_runtime  # noqa: F401  (a fixture)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """The client's scenarios on real loopback sockets, on CPython and on the MicroPython unix port.
 
-The firmware runs as a child process (tools.hostrun) on CPython, MicroPython and 32-bit MicroPython; a scripted server (host_tests/scripted_server.py)
+The firmware runs as a child process (tools.hostrun) on CPython, MicroPython and 32-bit MicroPython; a
+scripted server (support/scripted_server.py)
 plays the other end. Tests synchronise on the firmware's event lines and on bytes arriving, never on
 bare sleeps; every wait has a deadline. Timing bounds are asserted only where the project promises
 one (reconnect within retry_ms of the server being back, silence detection within one beat of the
@@ -16,9 +17,12 @@ import time
 
 import pytest
 
-from fwproc import FwProc, parse_line, any_runtime  # noqa: F401  (a fixture)
-from scripted_server import DATA, HEART, HEADER, ScriptedServer, frame
+from support.frames import DATA, HEART, frame, header
+from support.fwproc import FwProc
+from support.scripted_server import ScriptedServer
 from tools import hostrun
+from tools.eventlines import parse_line
+
 
 @pytest.fixture
 def runtime(any_runtime):
@@ -201,12 +205,12 @@ def test_server_restart_reconnects_within_retry(runtime, how):
 # -- f. protocol errors --------------------------------------------------------------------------
 BAD_HEADERS = [
     # (name, bytes, field, value, reason)
-    ("negative_length", HEADER.pack(DATA, -1), "length", "-1", "negative"),
-    ("length_over_max", HEADER.pack(DATA, 65) + b"x" * 65, "length", "65", "too_large"),
-    ("length_int32_max", HEADER.pack(DATA, 2**31 - 1), "length", "2147483647", "too_large"),
-    ("unknown_type", HEADER.pack(7, 0), "type", "7", "unknown"),
-    ("negative_type", HEADER.pack(-2, 0), "type", "-2", "unknown"),
-    ("heart_with_payload", HEADER.pack(HEART, 4) + b"abcd", "length", "4", "heart_with_payload"),
+    ("negative_length", header(DATA, -1), "length", "-1", "negative"),
+    ("length_over_max", header(DATA, 65) + b"x" * 65, "length", "65", "too_large"),
+    ("length_int32_max", header(DATA, 2**31 - 1), "length", "2147483647", "too_large"),
+    ("unknown_type", header(7, 0), "type", "7", "unknown"),
+    ("negative_type", header(-2, 0), "type", "-2", "unknown"),
+    ("heart_with_payload", header(HEART, 4) + b"abcd", "length", "4", "heart_with_payload"),
 ]
 
 

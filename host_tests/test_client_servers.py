@@ -5,8 +5,8 @@ import socket
 import pytest
 
 from firmware.hbkeep.config import Config, ConfigError
-from fwproc import FwProc, runtime  # noqa: F401  (runtime is a fixture)
-from scripted_server import ScriptedServer
+from support.fwproc import FwProc
+from support.scripted_server import ScriptedServer
 
 START = 20.0
 WAIT = 10.0

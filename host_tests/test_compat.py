@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from fwproc import ALL_RUNTIMES, require_runtime
+from support.fwproc import ALL_RUNTIMES, require_runtime
 from tools import hostrun
 
 from firmware.hbkeep import compat

@@ -9,11 +9,10 @@ import sys
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fwproc import parse_line
+from tools.eventlines import parse_line
 from firmware.hbkeep.config import MAX_FILE_BYTES, ConfigError, parse
 from firmware.hbkeep import strictjson
 from tools import hostrun
-from fwproc import any_runtime  # noqa: F401  (a fixture)
 
 
 @pytest.fixture

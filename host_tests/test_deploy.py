@@ -5,17 +5,15 @@ anything is touched, no device, not a MicroPython REPL, too old a firmware, not 
 import glob
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
-from simboard_proc import SimBoardProc
-from test_hbserver_firmware import ServerProc
+from support.simboard_proc import SimBoardProc
+from tools.eventlines import EventProc, HbServerProc
 
 from tools.deploy import plan
 
@@ -40,7 +38,7 @@ def flash_files(flash):
 
 
 def test_deploy_power_cycle_repl_and_a_second_deploy(tmp_path):
-    srv = ServerProc("--tick-ms", "200", "--offline-ticks", "10", "--summary-ms", "0", "--verbose")
+    srv = HbServerProc("--tick-ms", "200", "--offline-ticks", "10", "--summary-ms", "0", "--verbose", as_json=True)
     try:
         cfg = {"host": "127.0.0.1", "port": srv.port, "beat_ms": 200, "stats_ms": 0,
                "wifi": {"ssid": "lab", "password": SECRET}}
@@ -69,20 +67,21 @@ def test_deploy_power_cycle_repl_and_a_second_deploy(tmp_path):
                 assert head == b"M\x06"
 
             # The reset at the end boots main.py, which beats to the server.
-            first = srv.wait("online", timeout=30)
-            srv.wait("beat", where=lambda e: e["client"] == first["client"])
+            first = srv.wait_event("online", timeout=30, past=True).fields
+            srv.wait_event("beat", timeout=15, where=lambda e: e["client"] == first["client"], past=True)
 
             # A power cycle: the old connection goes, main.py boots again and beats from a new one.
             sb.command("power")
-            srv.wait("offline", timeout=30, where=lambda e: e["client"] == first["client"])
-            second = srv.wait("online", timeout=30, where=lambda e: e["client"] != first["client"])
-            srv.wait("beat", where=lambda e: e["client"] == second["client"])
+            srv.wait_event("offline", timeout=30, where=lambda e: e["client"] == first["client"], past=True)
+            second = srv.wait_event("online", timeout=30, where=lambda e: e["client"] != first["client"],
+                                    past=True).fields
+            srv.wait_event("beat", timeout=15, where=lambda e: e["client"] == second["client"], past=True)
 
             # mpremote takes the REPL from the running firmware (Ctrl-C, raw REPL, soft reset).
             r = sb.mpremote("eval", "1 + 1")
             assert r.returncode == 0, r.stderr
             assert r.stdout.strip() == "2"
-            srv.wait("offline", timeout=30, where=lambda e: e["client"] == second["client"])
+            srv.wait_event("offline", timeout=30, where=lambda e: e["client"] == second["client"], past=True)
 
             # A second deploy with nothing changed copies nothing (the files keep their times).
             before = {p: os.stat(os.path.join(flash, p)).st_mtime_ns for p in flash_files(flash)}
@@ -90,45 +89,30 @@ def test_deploy_power_cycle_repl_and_a_second_deploy(tmp_path):
             assert r.returncode == 0, r.stderr + r.stdout
             assert "0 to copy, %d unchanged" % n in r.stdout and "[1/" not in r.stdout
             assert {p: os.stat(os.path.join(flash, p)).st_mtime_ns for p in flash_files(flash)} == before
-            srv.wait("online", timeout=30, where=lambda e: e["client"] not in (first["client"], second["client"]))
+            srv.wait_event("online", timeout=30, past=True,
+                           where=lambda e: e["client"] not in (first["client"], second["client"]))
     finally:
         assert srv.stop() == 0
 
 
 def test_run_stays_attached_and_prints_the_event_lines(tmp_path):
-    srv = ServerProc("--tick-ms", "200", "--offline-ticks", "10", "--summary-ms", "0", "--verbose")
+    srv = HbServerProc("--tick-ms", "200", "--offline-ticks", "10", "--summary-ms", "0", "--verbose", as_json=True)
     try:
         config = write_config(tmp_path, {"host": "127.0.0.1", "port": srv.port, "beat_ms": 200, "stats_ms": 0,
                                          "wifi": {"ssid": "lab", "password": SECRET}})
         with SimBoardProc(tmp_path / "flash") as sb:
-            p = subprocess.Popen([sys.executable, "-u", "-m", "tools.deploy", "--board", "unix", "--port", sb.port,
-                                  "--config", config, "--source", "--run"],
-                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            lines = []
-            q = queue.Queue()
-            threading.Thread(target=lambda: [q.put(ln) for ln in p.stdout] + [q.put(None)], daemon=True).start()
+            p = EventProc([sys.executable, "-u", "-m", "tools.deploy", "--board", "unix", "--port", sb.port,
+                           "--config", config, "--source", "--run"], "deploy --run", cwd=ROOT)
             try:
-                deadline = time.monotonic() + 60
-                while not any(" connected " in ln for ln in lines):
-                    line = q.get(timeout=max(0.1, deadline - time.monotonic()))  # bounded
-                    assert line is not None, "deploy --run ended: %s" % lines
-                    lines.append(line)
                 # After the deploy's own lines, the board's event lines: `<ms> <event> key=value...`.
-                events = [ln.split() for ln in lines if ln[:1].isdigit()]
-                assert "connected" in [e[1] for e in events], lines
-                p.send_signal(signal.SIGINT)
-                p.wait(timeout=30)
-                rest = ""
-                while True:  # the reader thread has the rest of the output, up to its end (None)
-                    line = q.get(timeout=30)
-                    if line is None:
-                        break
-                    rest += line
+                p.wait_event("connected", timeout=60)
+                lines = [e.line for e in p.events]
+                p.proc.send_signal(signal.SIGINT)
+                p.proc.wait(timeout=30)
+                rest = "\n".join(e.line for e in p.rest(timeout=30))  # the output up to its end
             finally:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait(timeout=10)
-            assert p.returncode == 0, rest
+                p.stop(timeout=10)
+            assert p.proc.returncode == 0, rest
             assert "detached" in rest
             assert SECRET not in "".join(lines) + rest
             # --source put the package on as .py files.

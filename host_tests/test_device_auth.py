@@ -5,9 +5,9 @@ import pytest
 
 from firmware.hbkeep import auth, auth_host
 from firmware.hbkeep.auth import WELCOME
-from fwproc import FwProc, any_runtime  # noqa: F401  (cpython, micropython and the 32-bit micropython)
-from seckit import KEY, KEY_HEX, OTHER_KEY, ScriptedAuthServer, pki, write_keys  # noqa: F401
-from test_hbserver_firmware import ServerProc
+from support.fwproc import FwProc
+from support.seckit import KEY, KEY_HEX, OTHER_KEY, ScriptedAuthServer, pki, write_keys  # noqa: F401
+from tools.eventlines import HbServerProc
 
 
 def dev_cfg(port, dev_id="dev-1", key=KEY_HEX, **over):
@@ -28,7 +28,7 @@ def test_an_authenticated_device_beats_and_echoes_under_its_id(any_runtime, pki,
     keys = write_keys(tmp_path / "keys.json", {"dev-1": KEY, "dev-2": OTHER_KEY})
     args = ["--tick-ms", "100", "--offline-ticks", "5", "--probe-ms", "50", "--summary-ms", "200",
             "--auth-keys", keys] + (pki.server_args() if with_tls else [])
-    srv = ServerProc(*args)
+    srv = HbServerProc(*args, as_json=True)
     try:
         cfg = dev_cfg(srv.port)
         if with_tls:
@@ -36,22 +36,24 @@ def test_an_authenticated_device_beats_and_echoes_under_its_id(any_runtime, pki,
         with FwProc(any_runtime, cfg) as fw:
             ev = fw.wait_event("authenticated", timeout=15)
             assert ev.fields["id"] == "dev-1"
-            online = srv.wait("online")
+            online = srv.wait_event("online", timeout=15, past=True).fields
             assert online["client"] == "dev-1"  # the server names the device by its id
-            s = srv.wait("summary", timeout=20, where=lambda e: int(e["probes_ok"]) >= 10)
+            s = srv.wait_event("summary", timeout=20, where=lambda f: int(f["probes_ok"]) >= 10, past=True).fields
             assert int(s["probes_bad"]) == 0 and float(s["beats_per_s"]) > 0
             assert fw.count("disconnected") == 0, fw.output() + str(srv.events)
+            # While the device runs (every line the server printed so far; the device's stop is an offline).
+            assert not [e for e in srv.events if e.name in ("auth_failed", "tls_failed", "offline")]
             out = fw.output()
     finally:
         assert srv.stop() == 0
     no_secret_in(out + str(srv.events), KEY, OTHER_KEY)
-    assert not [e for e in srv.events if e["ev"] in ("auth_failed", "tls_failed", "offline")]
 
 
 @pytest.mark.parametrize("case", ["wrong_key", "unknown_id"])
 def test_a_device_the_server_does_not_know_is_dropped_and_retries(any_runtime, tmp_path, case):
     keys = write_keys(tmp_path / "keys.json", {"dev-1": KEY})
-    srv = ServerProc("--tick-ms", "100", "--summary-ms", "0", "--auth-keys", keys, "--auth-fail-limit", "1000")
+    srv = HbServerProc("--tick-ms", "100", "--summary-ms", "0", "--auth-keys", keys, "--auth-fail-limit", "1000",
+                       as_json=True)
     try:
         cfg = dev_cfg(srv.port, "dev-1" if case == "wrong_key" else "stranger",
                       OTHER_KEY.hex() if case == "wrong_key" else KEY_HEX)
@@ -61,14 +63,14 @@ def test_a_device_the_server_does_not_know_is_dropped_and_retries(any_runtime, t
             fw.wait_event("disconnected", timeout=10, where=lambda f: f["reason"] == "auth")  # retried
             assert fw.count("authenticated") == 0
             out = fw.output()
-        failed = srv.wait("auth_failed")
+        failed = srv.wait_event("auth_failed", timeout=15, past=True).fields
         if case == "wrong_key":
             assert failed["reason"] == "bad_mac" and failed["id"] == "dev-1"
         else:
             assert failed["reason"] == "unknown_id" and "id" not in failed  # attacker-chosen text is not echoed
     finally:
         assert srv.stop() == 0
-    assert not [e for e in srv.events if e["ev"] == "online"]
+    assert not [e for e in srv.events if e.name == "online"]
     no_secret_in(out + str(srv.events), KEY, OTHER_KEY)
 
 

@@ -1,5 +1,6 @@
 """Event lines: the documented format, parseable back."""
 from firmware.hbkeep.events import Events, Stats
+from tools.eventlines import parse_line
 
 
 def test_line_format_and_values_without_spaces():
@@ -7,9 +8,9 @@ def test_line_format_and_values_without_spaces():
     ev = Events(write=out.append, clock=lambda: 1234)
     ev.emit("connected", "addr", "1.2.3.4:5", "applied", "", "detail", "two words", "n", 7)
     assert out == ["1234 connected addr=1.2.3.4:5 applied=- detail=two_words n=7"]
-    ms, name, *fields = out[0].split(" ")
-    assert (int(ms), name) == (1234, "connected")
-    assert dict(f.partition("=")[::2] for f in fields)["n"] == "7"
+    ev = parse_line(out[0])
+    assert (ev.ms, ev.name) == (1234, "connected")
+    assert ev.fields["n"] == "7"
 
 
 def test_stats_fields_add_up():

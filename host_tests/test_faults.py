@@ -1,21 +1,20 @@
-"""Issue 4, fault matrix rows 1, 2, 5 and 6 on real loopback sockets, for the firmware on the MicroPython
-unix port and on CPython. Every figure goes to build/faults/ and from there into docs/FAULTS.md.
+"""Fault matrix rows 1, 2, 5 and 6 on real loopback sockets, for the firmware on the MicroPython unix port
+and on CPython. Every figure goes to build/faults/ (`make faults-table` turns them into docs/FAULTS.md).
 
-Synchronisation is on the firmware's event lines and on sockets, every wait bounded (fwproc.FwProc);
+Synchronisation is on the firmware's event lines and on sockets, every wait bounded (support/fwproc.py);
 the only sleeps are the deliberate pacing of a slow server."""
 import random
 import socket
-import struct
 import threading
 import time
 
 import pytest
 
-import faultrec
-from frames import decode
-from faultkit import TOL_MS, HarnessProc, SocketServer
-from fwproc import FwProc, runtime  # noqa: F401  (the runtime fixture: cpython and micropython)
-from scripted_server import DATA, HEART, ScriptedServer, frame
+from support import faultrec
+from support.faultkit import TOL_MS, InstrumentedFwProc, SocketServer, ms
+from support.frames import DATA, HEART, decode, frame, header, read_header
+from support.fwproc import FwProc
+from support.scripted_server import ScriptedServer
 
 
 def free_port():
@@ -24,10 +23,6 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def ms(seconds):
-    return int(round(seconds * 1000))
 
 
 # -- row 1: server absent at boot --------------------------------------------------------------
@@ -120,7 +115,7 @@ def test_row5_slow_and_partial_io(runtime):
     # time the client spends blocked on its own writes must not count as the server's silence.
     cfg = {"port": srv.port, "beat_ms": beat_ms, "peer_miss": 20, "stats_ms": 0, "retry_ms": 100}
     try:
-        with HarnessProc(runtime, cfg) as fw:
+        with InstrumentedFwProc(runtime, cfg) as fw:
             conn = srv.accept(timeout=10)
             fw.wait_event("connected", timeout=10)
             conn.nodelay()
@@ -208,18 +203,18 @@ def _garbage():
     rng = random.Random(6)
     while True:
         b = bytes(rng.randrange(256) for _ in range(64))
-        if struct.unpack_from("<i", b)[0] not in (HEART, DATA):
+        if read_header(b)[0] not in (HEART, DATA):
             return b
 
 
 MALFORMED = [
     # case, bytes after one valid DATA frame, expected (field, reason)
-    ("negative length", struct.pack("<ii", DATA, -5), ("length", "negative")),
-    ("length above max_payload", struct.pack("<ii", DATA, MAX_PAYLOAD + 1), ("length", "too_large")),
-    ("length 2**31-1", struct.pack("<ii", DATA, 2**31 - 1), ("length", "too_large")),
-    ("unknown type", struct.pack("<ii", 7, 0), ("type", "unknown")),
+    ("negative length", header(DATA, -5), ("length", "negative")),
+    ("length above max_payload", header(DATA, MAX_PAYLOAD + 1), ("length", "too_large")),
+    ("length 2**31-1", header(DATA, 2**31 - 1), ("length", "too_large")),
+    ("unknown type", header(7, 0), ("type", "unknown")),
     ("random garbage", _garbage(), ("type", "unknown")),
-    ("frame cut by EOF", struct.pack("<ii", DATA, 100) + b"x" * 40, None),
+    ("frame cut by EOF", header(DATA, 100) + b"x" * 40, None),
 ]
 
 # Heap may differ from the baseline by this much after gc.collect() at the same point of the loop
@@ -236,7 +231,7 @@ def test_row6_malformed_input(runtime):
         cfg["port"] = srv.port
         # 128 KiB of heap, board-sized (a Pico W has about 190 KiB free): a length taken at its word would
         # be a MemoryError here.
-        fw = HarnessProc(runtime, cfg, watch=("disconnected",), heapsize="128K")
+        fw = InstrumentedFwProc(runtime, cfg, watch=("disconnected",), heapsize="128K")
         try:
             def cycle(conn, bad, eof):
                 fw.wait_event("connected", timeout=10)

@@ -1,24 +1,20 @@
-"""Issue 4, fault matrix rows 3 and 4 in network namespaces: a half-open link (the server's end of a veth
+"""Fault matrix rows 3 and 4 in network namespaces: a half-open link (the server's end of a veth
 pair set down: no FIN, no RST reaches the client) and an address that drops SYNs.
 
 Needs root and iproute2. Without them the tests skip with the reason -- or fail when HB_REQUIRE_NETNS is
-set (CI). Client and server each run in a namespace of their own (host_tests/netns.py) on addresses the
+set (CI). Client and server each run in a namespace of their own (support/netns.py) on addresses the
 test chose in 10.213.0.0/16; nothing touches the root namespace."""
-import os
-import sys
 import time
 
 import pytest
 
-import faultrec
-import netns
-from faultkit import TOL_MS, HarnessProc, LineProc, SocketServer
-from fwproc import runtime  # noqa: F401  (the runtime fixture)
+from support import faultrec, netns
+from support.faultkit import TOL_MS, InstrumentedFwProc, SocketServer, ms
+from tools.eventlines import HbServerProc
 
 # Long by design (thousands of cycles, a simulated day, namespaces): more than pytest.ini's 60 s.
 pytestmark = pytest.mark.timeout(600)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _subnets = iter(range(10, 250))
 
 
@@ -32,24 +28,17 @@ def pair():
         p.close()
 
 
-def ms(seconds):
-    return int(round(seconds * 1000))
-
-
 # -- row 3, application level: beats and the server's offline rule ----------------------------
 def test_row3_half_open_app_level(runtime, pair):
     beat_ms, peer_miss = 200, 3
     tick_ms, offline_ticks = 200, 5
-    server = LineProc(pair.exec_server([
-        sys.executable, "-u", "-m", "tools.hbserver", "--host", pair.server_ip, "--port", "39002",
-        "--tick-ms", str(tick_ms), "--offline-ticks", str(offline_ticks), "--summary-ms", "0"]),
-        "hbserver", cwd=ROOT)
+    server = HbServerProc("--tick-ms", tick_ms, "--offline-ticks", offline_ticks, "--summary-ms", "0",
+                          host=pair.server_ip, port=39002, prefix=pair.exec_server([]))
     fw = None
     try:
-        server.wait_event("listening", timeout=15)
         cfg = {"host": pair.server_ip, "port": 39002, "beat_ms": beat_ms, "peer_miss": peer_miss,
                "retry_ms": 100, "connect_timeout_ms": 500, "keepalive": False, "stats_ms": 0, "verbose": True}
-        fw = HarnessProc(runtime, cfg, prefix=pair.exec_client([]))
+        fw = InstrumentedFwProc(runtime, cfg, prefix=pair.exec_client([]))
         fw.wait_event("connected", timeout=15)
         server.wait_event("online", timeout=10)
         for _ in range(3):  # beats flowing and answered: the client is watching for silence (auto)
@@ -103,9 +92,9 @@ def test_row3_half_open_kernel_keepalive(runtime, pair):
     base = {"host": pair.server_ip, "port": 39003, "mode": "raw", "peer_timeout": "off", "stats_ms": 0,
             "retry_ms": 100, "connect_timeout_ms": 500}
     # Two clients side by side on the same dark path: one with keepalive, one without (the control).
-    ka = HarnessProc(runtime, dict(base, keepalive={"idle": idle, "intvl": intvl, "cnt": cnt}),
+    ka = InstrumentedFwProc(runtime, dict(base, keepalive={"idle": idle, "intvl": intvl, "cnt": cnt}),
                      prefix=pair.exec_client([]))
-    ctl = HarnessProc(runtime, dict(base, keepalive=False), prefix=pair.exec_client([]))
+    ctl = InstrumentedFwProc(runtime, dict(base, keepalive=False), prefix=pair.exec_client([]))
     try:
         e1 = ka.wait_event("connected", timeout=15)
         ctl.wait_event("connected", timeout=15)
@@ -144,10 +133,10 @@ def test_row3_half_open_kernel_keepalive(runtime, pair):
 def test_row4_syn_dropping_address(runtime, pair):
     timeout_ms, attempts = 300, 6
     dark = pair.dark_address()
-    # verbose: every attempt is printed (otherwise repeated failures are folded into connect_failing summaries)
+    # verbose: every failed attempt gets a line of its own (otherwise the first few, then summaries).
     cfg = {"host": dark, "port": 39002, "connect_timeout_ms": timeout_ms, "retry_ms": 50, "stats_ms": 0,
            "verbose": True}
-    fw = HarnessProc(runtime, cfg, watch=("connect_failed",), prefix=pair.exec_client([]))
+    fw = InstrumentedFwProc(runtime, cfg, watch=("connect_failed",), prefix=pair.exec_client([]))
     try:
         fails, probes = [], []
         for _ in range(attempts):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import os
 
-from hbclient_fake import EventLog
+from support.fake_device import EventLog
 from tools.fleet_light import LightFleet
 from tools.hbserver import HeartbeatServer
 

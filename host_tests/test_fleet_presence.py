@@ -14,7 +14,7 @@ import time
 
 import redis
 
-from storefix import WAIT, store  # noqa: F401  (store is a fixture)
+from support.storefix import WAIT, store  # noqa: F401  (store is a fixture)
 from tools import fleetstatus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

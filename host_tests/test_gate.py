@@ -13,7 +13,7 @@ import pytest
 
 from firmware.hbkeep import auth, protocol_host
 from firmware.hbkeep.auth import CHALLENGE
-from seckit import KEY, OTHER_KEY, authenticate, closed_by_peer, open_device, pki, write_keys  # noqa: F401
+from support.seckit import KEY, OTHER_KEY, authenticate, closed_by_peer, open_device, pki, write_keys  # noqa: F401
 from tools.hbserver import HeartbeatServer, ServerConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

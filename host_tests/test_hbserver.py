@@ -2,23 +2,23 @@
 framed and raw echo probes, the client limit, graceful shutdown of the real process, JSON output.
 
 Each test runs its own event loop (asyncio.run) under an overall deadline; waits are on server events
-and bytes arriving (host_tests/hbclient_fake.py), never on bare sleeps. Ticks are tens of milliseconds so
+and bytes arriving (support/fake_device.py), never on bare sleeps. Ticks are tens of milliseconds so
 the suite stays fast; timing assertions are only those docs/SERVER.md promises.
 """
 import asyncio
 import contextlib
 import json
 import math
-import os
 import random
 import signal
-import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hbclient_fake import WAIT, EventLog, FakeClient, header, upper
+from support.fake_device import WAIT, EventLog, FakeClient, upper
+from support.frames import header
+from tools.eventlines import HbServerProc
 from tools import hbserver
 from tools.hbserver.probe import Histogram, Probe, make_payload, match_raw
 from tools.hbserver import HeartbeatServer
@@ -26,7 +26,6 @@ from tools.hbserver import HeartbeatServer
 from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.protocol import DATA, HEART
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_DEADLINE = 60.0  # a whole test; far above what any takes, only so that a hang fails instead
 
 
@@ -345,56 +344,30 @@ def test_stop_closes_every_client():
 # -- the real process --------------------------------------------------------------------------------
 
 
-def parse_line(line):
-    ms, name, *kv = line.split(" ")
-    return int(ms), name, dict(f.partition("=")[::2] for f in kv)
-
-
 async def run_process(extra, sig, as_json):
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-u", "-m", "tools.hbserver", "--host", "127.0.0.1", "--port", "0",
-        "--tick-ms", "50", "--summary-ms", "100", *extra, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
-    lines = []
-
-    def parse(raw):
-        text = raw.decode().rstrip("\n")
-        lines.append(text)
-        if as_json:
-            d = json.loads(text)
-            assert isinstance(d["t"], int)
-            return d["ev"], d
-        _, name, f = parse_line(text)
-        return name, f
-
+    """The server as a process (HbServerProc, whose blocking waits run in a thread so that the fake
+    device keeps running in this loop): one beat, the summary showing it online, then `sig`. Returns
+    (exit code, events after that summary as (name, fields), every output line)."""
+    srv = await asyncio.to_thread(HbServerProc, "--tick-ms", "50", "--summary-ms", "100", *extra,
+                                  listen_timeout=30)  # interpreter start-up on a busy machine
     try:
-        async with asyncio.timeout(30):  # interpreter start-up on a busy machine
-            while True:
-                raw = await proc.stdout.readline()
-                assert raw, "no listening line; output: %r" % lines
-                name, f = parse(raw)
-                if name == "listening":
-                    port = int(f["port"])
-                    break
-        c = await FakeClient.connect(port)
+        c = await FakeClient.connect(srv.port)
         c.beat()
         await c.wait_hearts(1)
-        async with asyncio.timeout(WAIT):
-            while True:  # the summary after the beat shows the client online
-                name, f = parse(await proc.stdout.readline())
-                if name == "summary" and int(f["online"]) == 1:
-                    break
-        proc.send_signal(sig)
-        async with asyncio.timeout(WAIT):
-            rest = await proc.stdout.read()
-            rc = await proc.wait()
-        events = [parse(raw) for raw in rest.splitlines()]
+        # The summary after the beat shows the client online.
+        await asyncio.to_thread(srv.wait_event, "summary", WAIT, lambda f: int(f["online"]) == 1)
+        srv.proc.send_signal(sig)
+        rest = await asyncio.to_thread(srv.rest, WAIT)
+        rc = await asyncio.to_thread(srv.proc.wait, WAIT)
+        lines = [e.line for e in srv.events]
+        if as_json:
+            assert all(isinstance(e.ms, int) for e in srv.events), lines
+        events = [(e.name, e.fields) for e in rest]
         assert await c.wait_closed() == "eof"
         await c.close()
         return rc, events, lines
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await asyncio.to_thread(srv.stop)
 
 
 def test_sigterm_shuts_the_process_down_gracefully():

@@ -16,7 +16,8 @@ import tracemalloc
 
 import pytest
 
-from hbclient_fake import WAIT, EventLog, FakeClient, header
+from support.fake_device import WAIT, EventLog, FakeClient
+from support.frames import header
 from test_hbserver import run, serving
 from tools.hbserver import HeartbeatServer
 

@@ -1,14 +1,13 @@
-"""Issue 4, fault matrix row 7: 10,000 connect/disconnect cycles on the MicroPython unix port (and a
+"""Fault matrix row 7: 10,000 connect/disconnect cycles on the MicroPython unix port (and a
 shorter run on CPython) against a loopback server that accepts and closes at once. Open descriptors and,
-on MicroPython, heap in use after gc.collect() must stay flat; the harness (fwharness.py) reads both
-inside the firmware process at every 1,000th disconnect."""
+on MicroPython, heap in use after gc.collect() must stay flat; the instrumented firmware
+(support/fw_instrumented.py) reads both inside the firmware process at every 1,000th disconnect."""
 import time
 
 import pytest
 
-import faultrec
-from faultkit import CloseAtOnceServer, HarnessProc
-from fwproc import runtime  # noqa: F401  (the runtime fixture)
+from support import faultrec
+from support.faultkit import CloseAtOnceServer, InstrumentedFwProc
 
 # Long by design (thousands of cycles, a simulated day, namespaces): more than pytest.ini's 60 s.
 pytestmark = pytest.mark.timeout(300)
@@ -23,7 +22,7 @@ def test_row7_connect_disconnect_cycles_do_not_leak(runtime):
     n, every = CYCLES[runtime], EVERY[runtime]
     with CloseAtOnceServer() as srv:
         cfg = {"port": srv.port, "retry_ms": 1, "stats_ms": 0, "keepalive": {"idle": 3, "intvl": 3, "cnt": 3}}
-        fw = HarnessProc(runtime, cfg, watch=("disconnected",), every=every)
+        fw = InstrumentedFwProc(runtime, cfg, watch=("disconnected",), every=every)
         try:
             t0 = time.monotonic()
             probes = []

@@ -5,8 +5,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from hbclient_fake import EventLog, FakeClient, upper
-from storefix import store  # noqa: F401  (store is a fixture)
+from support.fake_device import EventLog, FakeClient, upper
+from support.storefix import store  # noqa: F401  (store is a fixture)
 from tools.hbserver import HeartbeatServer
 from tools.hbserver.metrics import RTT_BUCKETS, Metrics, rtt_buckets
 from tools.hbserver.presence import Presence, PresenceConfig

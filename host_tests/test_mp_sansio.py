@@ -1,4 +1,4 @@
-"""The sans-IO core on every runtime: host_tests/mp_sansio.py run on CPython and both MicroPython tiers.
+"""The sans-IO core on every runtime: host_tests/support/mp_sansio.py run on CPython and both MicroPython tiers.
 
 On the 32-bit tier that includes counters driven past 2^30 without allocating, the link's clock across the
 2^30 ms tick wrap, and the 2^29 ticks_add limit the config's span check guards."""
@@ -7,11 +7,11 @@ import subprocess
 
 import pytest
 
-from fwproc import ALL_RUNTIMES, require_runtime
+from support.fwproc import ALL_RUNTIMES, require_runtime
 from tools import hostrun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "host_tests", "mp_sansio.py")
+SCRIPT = os.path.join(ROOT, "host_tests", "support", "mp_sansio.py")
 
 
 @pytest.mark.parametrize("runtime", ALL_RUNTIMES)

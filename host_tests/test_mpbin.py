@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tiers import skip_or_fail
+from support.tiers import skip_or_fail
 
 from tools.build import mpbin
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tiers import skip_or_fail
+from support.tiers import skip_or_fail
 
 from tools.build import debroot, mpbin32
 

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from fwproc import micropython_status, require_runtime
-from tiers import skip_or_fail
+from support.fwproc import micropython_status, require_runtime
+from support.tiers import skip_or_fail
 
 from tools.build import mpycompile
 from tools.paths import FIRMWARE_DIR, HOST_ONLY, PACKAGE_DIR

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from simboard_proc import SimBoardProc
+from support.simboard_proc import SimBoardProc
 
 from tools.build import mpycompile, packagejson
 from tools.deploy import plan

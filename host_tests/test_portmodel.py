@@ -1,7 +1,7 @@
 """The firmware's real connection loop and Wi-Fi station against models of the esp32 and rp2 ports.
 
-host_tests/portmodel.py answers socket, errno and network calls as each port does (docs/PORTS.md);
-host_tests/portmodel_run.py runs the firmware's Client and Station on it and plays the server and the
+host_tests/support/portmodel.py answers socket, errno and network calls as each port does (docs/PORTS.md);
+host_tests/support/portmodel_run.py runs the firmware's Client and Station on it and plays the server and the
 access point. Each (runtime, port) runs once as a child process on CPython, the 64-bit and the 32-bit
 MicroPython unix port; the tests below read its output, one scenario each.
 
@@ -13,9 +13,10 @@ import subprocess
 
 import pytest
 
-import portmodel
-from fwproc import ALL_RUNTIMES, parse_line, require_runtime
+from support import portmodel
+from support.fwproc import ALL_RUNTIMES, require_runtime
 from tools import hostrun
+from tools.eventlines import parse_line
 from tools.paths import BOARDS_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +31,7 @@ def run_model(runtime, port):
     key = (runtime, port)
     if key not in _runs:
         args = [ROOT, "rp2", "old_poll"] if port == "rp2_old" else [ROOT, port]
-        argv = hostrun.runtime_argv(runtime) + [os.path.join(ROOT, "host_tests", "portmodel_run.py")] + args
+        argv = hostrun.runtime_argv(runtime) + [os.path.join(ROOT, "host_tests", "support", "portmodel_run.py")] + args
         p = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
         out = {}
         cur = None

@@ -8,8 +8,8 @@ import json
 import pytest
 import redis.asyncio as aioredis
 
-from hbclient_fake import EventLog, FakeClient
-from storefix import WAIT, store, until  # noqa: F401  (store is a fixture)
+from support.fake_device import EventLog, FakeClient
+from support.storefix import WAIT, store, until  # noqa: F401  (store is a fixture)
 from tools.fleetstatus import snapshot
 from tools.hbserver import HeartbeatServer
 from tools.hbserver.presence import Presence, PresenceConfig, device_name, parse_url

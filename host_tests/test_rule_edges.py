@@ -10,9 +10,9 @@ import subprocess
 import pytest
 
 from firmware.hbkeep.link import Link
-from hbclient_fake import EventLog
-from shim import vloop
-from shim.fakenet import FakeConn, FakeNet
+from support.fake_device import EventLog
+from support import vloop
+from support.fake_sockets import FakeConn, FakeNet
 from test_client import Harness, frames_of
 from test_hbserver import run
 from tools import hostrun
@@ -20,7 +20,6 @@ from tools.hbserver import HeartbeatServer
 
 from firmware.hbkeep.protocol import DATA, HEART
 from firmware.hbkeep.protocol_host import encode
-from fwproc import any_runtime  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
@@ -274,7 +273,7 @@ def test_the_plain_python_byte_loops_are_right_on_the_runtime_itself(runtime, tm
 
 
 def test_the_viper_byte_loops_are_what_micropython_uses_when_it_can(tmp_path):
-    from fwproc import require_runtime
+    from support.fwproc import require_runtime
 
     require_runtime("micropython")
     script = tmp_path / "which.py"

@@ -12,9 +12,8 @@ from firmware.hbkeep import compat, runner, wdtpark
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
-from fwproc import any_runtime  # noqa: F401  (a fixture)
-from shim import fake_machine, vloop
-from shim.fakenet import FakeConn, FakeNet
+from support import fake_machine, vloop
+from support.fake_sockets import FakeConn, FakeNet
 from tools import hostrun
 from tools.paths import BOARDS_DIR, FIRMWARE_DIR
 
@@ -229,7 +228,7 @@ def led_levels(machine, pin):
 def test_led_blinks_slowly_while_connecting_then_lit_with_a_blink_per_beat(machine, active_low):
     conn = FakeConn()
     # Two refused attempts a second apart, then a connection.
-    from shim.fakenet import REFUSE
+    from support.fake_sockets import REFUSE
 
     rig = Rig(board("esp32", wifi=False, led_active_low=active_low), [REFUSE, REFUSE, conn],
               retry_ms=1000, beat_ms=1000)
@@ -290,8 +289,8 @@ def test_a_host_run_keeps_its_exit_code(any_runtime, tmp_path):
 def test_simulated_board_stop_switches_leave_the_repl_free(tmp_path):
     import shutil
 
-    from scripted_server import ScriptedServer
-    from simboard_proc import SimBoardProc
+    from support.scripted_server import ScriptedServer
+    from support.simboard_proc import SimBoardProc
 
     flash = tmp_path / "flash"
     (flash / "hbkeep").mkdir(parents=True)

@@ -7,7 +7,7 @@ unique id) behave as a board's, and the power-cycle control works."""
 import os
 import signal
 
-from simboard_proc import SimBoardProc
+from support.simboard_proc import SimBoardProc
 
 TICKER = """\
 import time, machine

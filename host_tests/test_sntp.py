@@ -10,7 +10,7 @@ import types
 import pytest
 
 from firmware.hbkeep import sntp
-from fwproc import micropython_status, require_runtime
+from support.fwproc import micropython_status, require_runtime
 from tools import hostrun
 
 T = 1_764_000_000  # a moment in 2025, seconds since 1970

@@ -1,5 +1,5 @@
-"""Issue 4, fault matrix row 8: 24 hours of simulated time on a virtual clock (CPython, shim/vloop.py),
-the real Client against a scripted network (shim/fakenet.py) that injects faults at random moments --
+"""Fault matrix row 8: 24 hours of simulated time on a virtual clock (CPython, support/vloop.py),
+the real Client against a scripted network (support/fake_sockets.py) that injects faults at random moments --
 seeded, so a failure replays exactly (HB_SOAK_SEED=<n> to try another seed).
 
 Every connection draws its own read and write piece sizes (down to one byte), a lifetime, and the fault
@@ -21,13 +21,11 @@ import time
 
 import pytest
 
-import faultrec
-import frames
 from firmware.hbkeep import protocol
 from firmware.hbkeep.protocol_host import encode
-from shim import vloop
-from shim.fakenet import HANG, REFUSE, FakeConn, FakeNet
-from test_client import Harness  # the Harness drives the real Client
+from support import faultrec, frames, vloop
+from support.client_harness import Harness  # the real Client on the scripted network
+from support.fake_sockets import HANG, REFUSE, FakeConn, FakeNet
 
 # Long by design (thousands of cycles, a simulated day, namespaces): more than pytest.ini's 60 s.
 pytestmark = pytest.mark.timeout(300)

@@ -15,9 +15,8 @@ import time
 
 import pytest
 
-from fwproc import parse_line
+from tools.eventlines import parse_line
 from tools import hostrun
-from fwproc import any_runtime  # noqa: F401  (a fixture)
 
 
 @pytest.fixture

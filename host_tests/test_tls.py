@@ -9,9 +9,9 @@ import pytest
 
 from firmware.hbkeep import tls as fwtls
 from firmware.hbkeep.config import Config, ConfigError
-from fwproc import FwProc, any_runtime  # noqa: F401  (cpython, micropython and the 32-bit micropython)
-from seckit import pki  # noqa: F401  (session fixture: CA, server certificates, an expired one)
-from test_hbserver_firmware import ServerProc
+from support.fwproc import FwProc
+from support.seckit import pki  # noqa: F401  (session fixture: CA, server certificates, an expired one)
+from tools.eventlines import HbServerProc
 
 
 def tls_cfg(port, ca, **over):
@@ -28,21 +28,22 @@ def tls_cfg(port, ca, **over):
 
 @pytest.mark.parametrize("ca_form", ["pem", "der"])
 def test_beats_and_echo_probes_over_tls(any_runtime, pki, ca_form):
-    srv = ServerProc("--tick-ms", "100", "--offline-ticks", "5", "--probe-ms", "50", "--summary-ms", "200",
-                     *pki.server_args())
+    srv = HbServerProc("--tick-ms", "100", "--offline-ticks", "5", "--probe-ms", "50", "--summary-ms", "200",
+                       *pki.server_args(), as_json=True)
     try:
         ca = pki.ca_pem if ca_form == "pem" else pki.ca_der
         with FwProc(any_runtime, tls_cfg(srv.port, ca)) as fw:
             ready = fw.wait_event("tls_ready", timeout=15)
             assert ready.fields["server_hostname"] == "localhost"
             fw.wait_event("connected", timeout=5)
-            srv.wait("online")
-            s = srv.wait("summary", timeout=20, where=lambda e: int(e["probes_ok"]) >= 10)
+            srv.wait_event("online", timeout=15, past=True)
+            s = srv.wait_event("summary", timeout=20, where=lambda f: int(f["probes_ok"]) >= 10, past=True).fields
             assert int(s["probes_bad"]) == 0 and float(s["beats_per_s"]) > 0
             assert fw.count("disconnected") == 0 and fw.count("connect_failed") == 0, fw.output() + str(srv.events)
+            # While the device runs (every line the server printed so far; the device's stop is an offline).
+            assert not [e for e in srv.events if e.name in ("tls_failed", "protocol_error", "offline")]
     finally:
         assert srv.stop() == 0
-    assert not [e for e in srv.events if e["ev"] in ("tls_failed", "protocol_error", "offline")]
 
 
 @pytest.mark.parametrize("case,reason", [
@@ -51,7 +52,8 @@ def test_beats_and_echo_probes_over_tls(any_runtime, pki, ca_form):
     ("expired", "tls_expired"),
 ])
 def test_a_refused_certificate_is_a_tls_connect_failure_then_a_retry(any_runtime, pki, case, reason):
-    srv = ServerProc("--tick-ms", "100", "--summary-ms", "0", *pki.server_args(expired=case == "expired"))
+    srv = HbServerProc("--tick-ms", "100", "--summary-ms", "0", *pki.server_args(expired=case == "expired"),
+                       as_json=True)
     try:
         cfg = tls_cfg(srv.port, pki.other_ca_pem if case == "wrong_ca" else pki.ca_pem)
         if case == "wrong_hostname":
@@ -62,24 +64,25 @@ def test_a_refused_certificate_is_a_tls_connect_failure_then_a_retry(any_runtime
             again = fw.wait_event("connect_failed", timeout=10)  # the usual retry, refused again
             assert again.fields["reason"] == reason and int(again.fields["attempt"]) > int(first.fields["attempt"])
             assert fw.count("connected") == 0
-        srv.wait("tls_failed")  # the server saw the device walk away from the handshake
+        srv.wait_event("tls_failed", timeout=15, past=True)  # the server saw the device walk away from the handshake
     finally:
         assert srv.stop() == 0
-    assert not [e for e in srv.events if e["ev"] == "online"]
+    assert not [e for e in srv.events if e.name == "online"]
 
 
 def test_a_plaintext_device_never_gets_into_a_tls_server(any_runtime, pki):
-    srv = ServerProc("--tick-ms", "100", "--summary-ms", "0", "--handshake-timeout-ms", "500", *pki.server_args())
+    srv = HbServerProc("--tick-ms", "100", "--summary-ms", "0", "--handshake-timeout-ms", "500", *pki.server_args(),
+                       as_json=True)
     try:
         with FwProc(any_runtime, {"port": srv.port, "beat_ms": 100, "stats_ms": 0, "retry_ms": 50}) as fw:
             fw.wait_event("connected", timeout=15)  # TCP is up; the device's first beat is not a ClientHello
-            failed = srv.wait("tls_failed")
+            failed = srv.wait_event("tls_failed", timeout=15, past=True).fields
             assert failed["reason"] not in ("timeout",), failed  # refused at once, not left to expire
             fw.wait_event("disconnected", timeout=10)
             fw.wait_event("connected", timeout=10)  # and it keeps trying, as after any disconnect
     finally:
         assert srv.stop() == 0
-    assert not [e for e in srv.events if e["ev"] == "online"]
+    assert not [e for e in srv.events if e.name == "online"]
 
 
 class SilentServer:
@@ -175,11 +178,12 @@ def test_fleet_speaks_tls_and_authenticates(pki, tmp_path):
     import subprocess
     import sys
 
-    from seckit import KEY, OTHER_KEY, write_keys
-    from test_hbserver_firmware import ROOT
+    from support.seckit import KEY, OTHER_KEY, write_keys
+    from tools.paths import REPO as ROOT
 
     keys = write_keys(tmp_path / "keys.json", {"dev-1": KEY, "dev-2": OTHER_KEY})
-    srv = ServerProc("--tick-ms", "200", "--summary-ms", "0", "--auth-keys", keys, *pki.server_args())
+    srv = HbServerProc("--tick-ms", "200", "--summary-ms", "0", "--auth-keys", keys, *pki.server_args(),
+                       as_json=True)
     try:
         out = subprocess.run(
             [sys.executable, "-m", "tools.fleet", "--clients", "3", "--server", "127.0.0.1:%d" % srv.port,
@@ -188,12 +192,12 @@ def test_fleet_speaks_tls_and_authenticates(pki, tmp_path):
         assert out.returncode == 0, out.stderr
         report = [line for line in out.stdout.splitlines() if " fleet_report " in line][0]
         assert " connects=3 " in report and " device_errors=0" in report
-        onl = [e for e in srv.events if e["ev"] == "online"] or [srv.wait("online")]
-        assert {e["client"] for e in onl} <= {"dev-1", "dev-2"}
+        onl = [e for e in srv.events if e.name == "online"] or [srv.wait_event("online", timeout=15, past=True)]
+        assert {e.fields["client"] for e in onl} <= {"dev-1", "dev-2"}
     finally:
         assert srv.stop() == 0
-    assert int(srv.wait("stopped")["beats"]) > 0
-    assert not [e for e in srv.events if e["ev"] in ("auth_failed", "tls_failed")]
+    assert int(srv.wait_event("stopped", timeout=15, past=True).fields["beats"]) > 0
+    assert not [e for e in srv.events if e.name in ("auth_failed", "tls_failed")]
     assert KEY.hex() not in out.stdout + out.stderr
 
 
@@ -202,7 +206,7 @@ def test_the_plain_default_loads_neither_tls_nor_auth_on_micropython(pki, tier):
     """Lazy imports: a device without "tls"/"auth" never loads those modules (nor mbedTLS's bindings)."""
     import subprocess
 
-    from fwproc import micropython_status, require_runtime
+    from support.fwproc import micropython_status, require_runtime
     from tools import hostrun
 
     require_runtime(tier)
@@ -229,8 +233,8 @@ def test_tls_benchmark_reports_its_figures_from_the_firmwares_handshake(tier):
     import subprocess
     import sys
 
-    from fwproc import require_runtime
-    from test_hbserver_firmware import ROOT
+    from support.fwproc import require_runtime
+    from tools.paths import REPO as ROOT
 
     require_runtime(tier)
     p = subprocess.run([sys.executable, "-m", "tools.tlsbench", "--runtime", tier, "--rounds", "3"],
@@ -247,7 +251,7 @@ def test_tls_benchmark_reports_its_figures_from_the_firmwares_handshake(tier):
 def test_failed_handshakes_leave_no_descriptor_behind(any_runtime, pki):
     import os
 
-    srv = ServerProc("--tick-ms", "100", "--summary-ms", "0", *pki.server_args())
+    srv = HbServerProc("--tick-ms", "100", "--summary-ms", "0", *pki.server_args(), as_json=True)
     try:
         # verbose: every failed attempt keeps its line (otherwise only the first 3, then summaries)
         with FwProc(any_runtime, tls_cfg(srv.port, pki.other_ca_pem, retry_ms=10, verbose=True)) as fw:

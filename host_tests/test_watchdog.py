@@ -1,4 +1,4 @@
-"""The watchdog on CPython, on a virtual clock, with a scripted `machine` (shim/board/machine.py):
+"""The watchdog on CPython, on a virtual clock, with a scripted `machine` (support/board/machine.py):
 fed while the client makes progress, starved when one of its tasks hangs, parked (kept fed from a
 timer) when the user interrupts the firmware, and parked again by boot.py after a soft reset.
 The same sequences run on the MicroPython unix port in test_boot_micropython.py."""
@@ -13,10 +13,10 @@ from firmware.hbkeep import compat, runner, watchdog, wdtpark
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
-from fwproc import FwProc, any_runtime  # noqa: F401  (a fixture)
-from scripted_server import ScriptedServer
-from shim import fake_machine, vloop
-from shim.fakenet import FakeConn, FakeNet
+from support.fwproc import FwProc
+from support.scripted_server import ScriptedServer
+from support import fake_machine, vloop
+from support.fake_sockets import FakeConn, FakeNet
 from tools.paths import BOARDS_DIR, FIRMWARE_DIR
 
 
@@ -233,7 +233,7 @@ def scripted_board():
 
 def harness(scenario):
     def argv(config, board_path):
-        return [os.path.join(HERE, "boardharness.py"), FIRMWARE_DIR, fake_machine.BOARD_SHIM_DIR, scenario,
+        return [os.path.join(HERE, "support", "boardharness.py"), FIRMWARE_DIR, fake_machine.BOARD_SHIM_DIR, scenario,
                 config, board_path]
 
     return argv
@@ -331,7 +331,7 @@ def test_simulated_board_stays_alive_when_mpremote_takes_it_over(tmp_path, with_
     # mpremote interrupts the firmware (Ctrl-C: it parks the watchdog on a timer), enters the raw REPL
     # and soft-resets (the timer is gone, the watchdog runs on; boot.py parks it again), runs a command,
     # and leaves the board at its REPL. Without boot.py the board resets under the user: the check can fail.
-    from simboard_proc import SimBoardProc
+    from support.simboard_proc import SimBoardProc
 
     with ScriptedServer() as srv:
         with SimBoardProc(simboard_flash(tmp_path, srv.port, with_boot_py)) as sb:
@@ -351,7 +351,7 @@ def test_simulated_board_stays_alive_when_mpremote_takes_it_over(tmp_path, with_
 
 def test_simulated_board_stays_alive_at_the_repl_after_ctrl_c(tmp_path):
     # Ctrl-C in `mpremote repl`: the firmware parks the watchdog on a timer and the user keeps the REPL.
-    from simboard_proc import SimBoardProc
+    from support.simboard_proc import SimBoardProc
 
     with ScriptedServer() as srv:
         with SimBoardProc(simboard_flash(tmp_path, srv.port, with_boot_py=True)) as sb:

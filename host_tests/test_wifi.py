@@ -8,13 +8,14 @@ import pytest
 
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
-from shim import fake_network, vloop
+from support import fake_wlan, vloop
+from tools.eventlines import parse_line
 from tools.paths import BOARDS_DIR
 
 
 @pytest.fixture
 def wifi(monkeypatch):
-    net = fake_network.make_module()
+    net = fake_wlan.make_module()
     monkeypatch.setitem(sys.modules, "network", net)
     monkeypatch.delitem(sys.modules, "firmware.hbkeep.wifi", raising=False)
     from firmware.hbkeep import wifi as mod
@@ -45,7 +46,7 @@ def run_station(mod, net, board_name, statuses, seconds, connect_errors=()):
 
 
 def named(lines, event):
-    return [x for x in lines if x.split(" ")[1] == event]
+    return [x for x in lines if parse_line(x).name == event]
 
 
 def test_rp2_rejoins_after_the_ap_drops_and_turns_power_saving_off(wifi):

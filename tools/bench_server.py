@@ -10,7 +10,6 @@ lines), and false offline events (offline for silence while every device beats).
 loopback only and stops by itself.
 """
 import argparse
-import json
 import os
 import queue
 import signal
@@ -18,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from tools._lines import follow
+from tools.eventlines import HbServerProc, WaitFailed, follow, parse_line
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -54,32 +53,18 @@ def main(argv=None):
     if args.clients < 1 or args.seconds <= 0:
         ap.error("--clients must be >= 1 and --seconds > 0")
 
-    q = queue.Queue()
-    server = subprocess.Popen(
-        [sys.executable, "-u", "-m", "tools.hbserver", "--host", "127.0.0.1", "--port", "0", "--json",
-         "--tick-ms", str(args.beat_ms), "--offline-ticks", "5", "--summary-ms", "1000",
-         "--probe-ms", str(args.probe_ms), "--loop", args.loop, "--quiet"],
-        stdout=subprocess.PIPE, text=True,
-    )
-    follow("server", server.stdout, q)
-    port = None
-    deadline = time.monotonic() + 20
-    while port is None and time.monotonic() < deadline:
-        try:
-            tag, line = q.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        ev = json.loads(line)
-        if ev.get("ev") == "listening":
-            port = int(ev["port"])
-    if port is None:
-        server.kill()
+    q = queue.Queue()  # (tag, line) from the server and the fleet; (tag, None) at an end
+    try:
+        server = HbServerProc("--tick-ms", args.beat_ms, "--offline-ticks", 5, "--summary-ms", 1000,
+                              "--probe-ms", args.probe_ms, "--loop", args.loop, "--quiet",
+                              as_json=True, tee=(q, "server"), listen_timeout=20)
+    except WaitFailed:
         emit("error", "server_did_not_start")
         return 1
+    server.record = False  # from here on its lines are read from q only
+    port = server.port
     time.sleep(0.5)  # let the fresh process settle before the baseline reading (a measurement, not sync)
-    rss0 = rss_bytes(server.pid)
+    rss0 = rss_bytes(server.proc.pid)
     total_s = args.ramp_s + 5 + args.seconds + 5
     fleet = subprocess.Popen(
         [sys.executable, "-u", "-m", "tools.fleet", "--clients", str(args.clients), "--server",
@@ -107,11 +92,12 @@ def main(argv=None):
                     break
                 continue
             if tag == "fleet":
-                if " fleet_report " in line:
-                    fleet_report = dict(f.partition("=")[::2] for f in line.split(" ")[2:])
+                fev = parse_line(line)
+                if fev.name == "fleet_report":
+                    fleet_report = fev.fields
                 continue
-            ev = json.loads(line)
-            name = ev.get("ev")
+            sev = parse_line(line)
+            name, ev = sev.name, sev.fields
             if name == "offline":
                 offline_reasons[ev.get("reason")] = offline_reasons.get(ev.get("reason"), 0) + 1
                 if ev.get("reason") == "silent" and window is not None:
@@ -120,31 +106,29 @@ def main(argv=None):
                 online = int(ev.get("online", 0))
                 now = time.monotonic()
                 if window is None and online >= args.clients:
-                    window = (now, cpu_seconds(server.pid))
-                    rss_all = rss_bytes(server.pid)
+                    window = (now, cpu_seconds(server.proc.pid))
+                    rss_all = rss_bytes(server.proc.pid)
                 elif window is not None and now - window[0] <= args.seconds:
                     summaries.append(ev)
-                    rss_all = max(rss_all, rss_bytes(server.pid))
-                    last = (now, cpu_seconds(server.pid))
+                    rss_all = max(rss_all, rss_bytes(server.proc.pid))
+                    last = (now, cpu_seconds(server.proc.pid))
     finally:
         fleet.send_signal(signal.SIGINT) if fleet.poll() is None else None
         try:
             fleet.wait(timeout=30)
         except subprocess.TimeoutExpired:
             fleet.kill()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop(timeout=30)  # SIGTERM, then SIGKILL after 30 s
     stopped = {}
     while True:  # the server's last line carries the whole run's probe percentiles
         try:
             tag, line = q.get(timeout=2)
         except queue.Empty:
             break
-        if tag == "server" and line and '"stopped"' in line:
-            stopped = json.loads(line)
+        if tag == "server" and line:
+            sev = parse_line(line)
+            if sev.name == "stopped":
+                stopped = sev.fields
 
     emit("clients", args.clients)
     emit("loop", args.loop)

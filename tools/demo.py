@@ -7,7 +7,6 @@ unix port (or CPython) pointed at it, with beats and echoes printed one by one. 
 who said it. Runs until Ctrl-C, or for --seconds.
 """
 import argparse
-import os
 import queue
 import shutil
 import signal
@@ -17,8 +16,8 @@ import tempfile
 import threading
 import time
 
-from tools._lines import follow
 from tools import hostrun
+from tools.eventlines import HbServerProc, WaitFailed, follow
 
 
 def main(argv=None):
@@ -32,29 +31,16 @@ def main(argv=None):
     if args.seconds < 0:
         ap.error("--seconds must be >= 0, got %s" % args.seconds)
 
-    q = queue.Queue()
-    server = subprocess.Popen(
-        [sys.executable, "-u", "-m", "tools.hbserver", "--host", "127.0.0.1", "--port", str(args.port),
-         "--tick-ms", str(args.beat_ms), "--probe-ms", str(args.probe_ms), "--summary-ms", "5000"],
-        stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        process_group=0,  # see below: the children hear a stop from the demo only, once
-    )
-    follow("server", server.stdout, q)
-    port = None
-    deadline = time.monotonic() + 15
-    while port is None:
-        try:
-            who, line = q.get(timeout=max(0.1, deadline - time.monotonic()))
-        except queue.Empty:
-            line = None
-        if line is None:
-            server.kill()
-            print("demo: the server did not start (no 'listening' line)", file=sys.stderr)
-            return 1
-        print("[server] " + line, flush=True)
-        fields = dict(f.partition("=")[::2] for f in line.split(" ")[2:])
-        if line.split(" ")[1:2] == ["listening"] and "port" in fields:
-            port = int(fields["port"])
+    q = queue.Queue()  # (who, line) from both processes, in arrival order; (who, None) at an end
+    try:
+        server = HbServerProc("--tick-ms", args.beat_ms, "--probe-ms", args.probe_ms, "--summary-ms", 5000,
+                              port=args.port, tee=(q, "server"), listen_timeout=15,
+                              process_group=0)  # see below: the children hear a stop from the demo only, once
+    except WaitFailed as e:
+        print("demo: the server did not start (no 'listening' line): %s" % e, file=sys.stderr)
+        return 1
+    server.record = False  # from here on its lines are read from q only
+    port = server.port
 
     cfg = {"host": "127.0.0.1", "port": port, "beat_ms": args.beat_ms, "verbose": True, "stats_ms": 10000}
     try:
@@ -63,7 +49,7 @@ def main(argv=None):
         # final stats, or the MicroPython unix port's immediate exit on a second pending SIGINT).
         device, workdir = hostrun.start(args.runtime, cfg, workdir=tempfile.mkdtemp(prefix="demo-"), process_group=0)
     except RuntimeError as e:
-        server.terminate()
+        server.stop()
         print("demo: %s" % e, file=sys.stderr)
         return 3
     follow("device", device.stdout, q)
@@ -84,14 +70,15 @@ def main(argv=None):
             ended.add(who)
             continue
         print("[%s] %s" % (who, line), flush=True)
-    for p in (device, server):
+    for p in (device, server.proc):
         if p.poll() is None:
             p.send_signal(signal.SIGINT)
-    for p in (device, server):
+    for p in (device, server.proc):
         try:
             p.wait(timeout=5)
         except subprocess.TimeoutExpired:
             p.kill()
+    server.stop()  # gone already: this only collects its reader
     shutil.rmtree(workdir, ignore_errors=True)
     while True:  # the last words: final stats and the server's shutdown line
         try:

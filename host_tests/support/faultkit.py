@@ -1,72 +1,45 @@
-"""Shared pieces of the fault-matrix tests (issue 4): processes that print event lines, the firmware
-harness (host_tests/fwharness.py) as a process, a scripted server on any listening socket.
+"""Shared pieces of the fault-matrix tests: the firmware instrumented from inside
+(support/fw_instrumented.py) as a process, a scripted server on any listening socket, a server that
+closes every connection at once.
 
-Reuses fwproc.FwProc (event parsing, bounded waits, stopping) and scripted_server.Conn unchanged."""
-import collections
+Processes are tools.eventlines.EventProc (event parsing, bounded waits, stopping); the scripted server is
+support/scripted_server.py's, unchanged."""
 import os
-import queue
 import select
-import subprocess
 import tempfile
 import threading
 import time
 
-from fwproc import FwProc
-from scripted_server import ScriptedServer
+from support.scripted_server import ScriptedServer
 from tools import hostrun
+from tools.eventlines import EventProc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-HARNESS = os.path.join(HERE, "fwharness.py")
+INSTRUMENTED = os.path.join(HERE, "fw_instrumented.py")
 
 # Scheduling and pipe latency allowed on top of a behavioural bound (a loaded 2-core machine, the
 # firmware's event line crossing a pipe to a reader thread). Stated in every table row that uses it.
 TOL_MS = 250
 
 
-class LineProc(FwProc):
-    """Any process printing event lines (the firmware harness, tools.hbserver), with FwProc's waits.
-
-    `argv` is run as given (prefix it with `ip netns exec NS` to run it in a namespace)."""
-
-    def __init__(self, argv, label, cwd=None, workdir=None, keep=300):
-        self.runtime = label
-        self.cfg = None
-        self.events = []
-        self._q = queue.Queue()
-        self._tail = collections.deque(maxlen=keep)
-        self._stopped = False
-        self.workdir = workdir or tempfile.mkdtemp(prefix="faults-")
-        self.argv = list(argv)
-        self.proc = subprocess.Popen(
-            self.argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-            preexec_fn=hostrun.default_sigint,  # stoppable with SIGINT even if we inherited it ignored
-        )
-        self._reader = threading.Thread(target=self._read, name="lineproc-reader", daemon=True)
-        self._reader.start()
-
-    def fd_count(self):
-        """Open descriptors of the process, read from outside (-1 once it is gone)."""
-        try:
-            return len(os.listdir("/proc/%d/fd" % self.proc.pid))
-        except OSError:
-            return -1
-
-    def raw_lines(self):
-        """Output lines that are not events: a traceback, a MemoryError, a warning."""
-        return [e.line for e in list(self.events) if e.name == "_raw" and e.line.strip()]
+def ms(seconds):
+    """Seconds (host clock differences) to whole milliseconds, for the table."""
+    return int(round(seconds * 1000))
 
 
-class HarnessProc(LineProc):
-    """The real firmware Client inside fwharness.py, reporting heap and descriptors at `watch` events."""
+class InstrumentedFwProc(EventProc):
+    """The real firmware Client inside fw_instrumented.py, reporting heap and descriptors at `watch`
+    events. `prefix` goes before the command (e.g. `ip netns exec NS`)."""
 
     def __init__(self, runtime, cfg, watch=(), every=1, prefix=(), board="unix", heapsize=None):
         workdir = tempfile.mkdtemp(prefix="faults-")
         argv = list(prefix) + hostrun.runtime_argv(runtime)
         if heapsize and runtime == "micropython":
             argv += ["-X", "heapsize=%s" % heapsize]
-        argv += [HARNESS, hostrun.FIRMWARE_DIR, hostrun.prepare(cfg, workdir), hostrun.board_path(board),
+        argv += [INSTRUMENTED, hostrun.FIRMWARE_DIR, hostrun.prepare(cfg, workdir), hostrun.board_path(board),
                  ",".join(watch) or "-", str(every)]
-        super().__init__(argv, runtime, cwd=hostrun.FIRMWARE_DIR, workdir=workdir)
+        super().__init__(argv, runtime, cwd=hostrun.FIRMWARE_DIR, workdir=workdir, keep=300)
+        self.runtime = runtime
         self.cfg = cfg
 
     def probes(self, after=None):

@@ -1,4 +1,4 @@
-"""Network namespaces joined by a veth pair, for fault tests on the real Linux TCP stack (issue 4).
+"""Network namespaces joined by a veth pair, for fault tests on the real Linux TCP stack.
 
     with NetnsPair(subnet=7) as pair:          # 10.213.7.1 (client side), 10.213.7.2 (server side)
         lsock = pair.server_socket(39002)      # a listening socket living in the server namespace
@@ -23,8 +23,7 @@ import socket
 import subprocess
 import threading
 
-
-from tiers import skip_or_fail
+from support.tiers import skip_or_fail
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"

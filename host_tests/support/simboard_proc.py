@@ -9,7 +9,6 @@
 Every wait is bounded and fails with what was seen. The simulator also gets --timeout, so it stops by
 itself even if a test dies before tearing it down.
 """
-import os
 import queue
 import subprocess
 import sys
@@ -18,10 +17,9 @@ import time
 
 import serial
 
-from fwproc import micropython_status
-from tiers import skip_or_fail
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support.fwproc import micropython_status
+from support.tiers import skip_or_fail
+from tools.paths import REPO as ROOT
 MPREMOTE = [sys.executable, "-m", "mpremote"]
 
 

@@ -18,14 +18,7 @@ import struct
 import threading
 import time
 
-HEART = 0
-DATA = 1
-HEADER = struct.Struct("<ii")
-
-
-def frame(ftype, payload=b"", length=None):
-    """A wire frame; `length` overrides the header's length field (for malformed frames)."""
-    return HEADER.pack(ftype, len(payload) if length is None else length) + bytes(payload)
+from support.frames import HEADER_SIZE, frame, read_header
 
 
 class Closed(Exception):
@@ -102,7 +95,7 @@ class Conn:
     def recv_frame(self, timeout=5.0):
         """(type, payload) of the next whole frame."""
         deadline = time.monotonic() + timeout
-        ftype, length = HEADER.unpack(self.recv_exact(8, timeout))
+        ftype, length = read_header(self.recv_exact(HEADER_SIZE, timeout))
         payload = self.recv_exact(length, max(0.0, deadline - time.monotonic())) if length else b""
         return ftype, payload
 
@@ -170,7 +163,7 @@ class Conn:
         self.stop_discard()
         if not self.closed:
             self.closed = True
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # struct linger {on, 0}
             self.sock.close()
 
 

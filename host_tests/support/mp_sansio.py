@@ -1,6 +1,6 @@
 # The sans-IO core (protocol, link, config, counters) checked on the runtime that runs this script:
 #
-#     <python> host_tests/mp_sansio.py REPO
+#     <python> host_tests/support/mp_sansio.py REPO
 #
 # Written for MicroPython first (no pytest there): every check_* function runs, and the script prints
 # "ok NAME" or "FAIL NAME: why" per check, then "done PASSED/TOTAL". host_tests/test_mp_sansio.py runs it

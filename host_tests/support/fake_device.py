@@ -1,4 +1,5 @@
-"""Test doubles for tools.hbserver tests: a tiny device client and an event recorder.
+"""Test doubles for tools.hbserver tests: a fake device (a tiny client on asyncio streams) and a
+recorder of the server's events.
 
     log = EventLog()                               # pass as HeartbeatServer(on_event=log)
     c = await FakeClient.connect(port, echo=upper) # framed; raw=True for an unframed client
@@ -8,7 +9,6 @@
 Everything here waits on asyncio events with deadlines; nothing sleeps to synchronise.
 """
 import asyncio
-import struct
 
 from firmware.hbkeep import protocol
 from firmware.hbkeep.protocol_host import encode
@@ -19,11 +19,6 @@ WAIT = 10.0  # seconds: any single wait that must succeed; generous for a loaded
 
 def upper(payload):
     return bytes(payload).upper()  # a-z only: C toupper() in the C locale, as the firmware does
-
-
-def header(ftype, length):
-    """A raw header with any values, valid or not."""
-    return struct.pack("<ii", ftype, length)
 
 
 class EventLog:

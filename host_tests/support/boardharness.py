@@ -2,7 +2,7 @@
 #
 #     <python> host_tests/boardharness.py FIRMWARE_DIR SHIM_DIR SCENARIO CONFIG BOARD
 #
-# SHIM_DIR holds the `machine` stand-in (shim/board/machine.py); it goes first on the module path. The
+# SHIM_DIR holds the `machine` stand-in (support/board/machine.py); it goes first on the module path. The
 # harness runs hbkeep.runner.main with a monitor as the application, which prints a `sim` line when the
 # stand-in watchdog has gone unfed past its timeout (on a board: the reset). SCENARIO:
 #   run   the firmware as it is

@@ -1,6 +1,6 @@
 # Port models: stand-ins for the `socket`, `errno`, `network` and `machine` modules that answer as esp32 and rp2 do
 # (docs/PORTS.md gives each behaviour and the source it comes from). Runs on MicroPython (unix port, 64-
-# and 32-bit) and on CPython; host_tests/portmodel_run.py drives the firmware's real client through them.
+# and 32-bit) and on CPython; host_tests/support/portmodel_run.py drives the firmware's real client through them.
 #
 # The numbers here are the model's own, written from the ports' sources, not read from boards/*.json:
 # the tests check the firmware's board tables against them, so a wrong table fails.

@@ -1,7 +1,7 @@
-# The firmware's real client and Wi-Fi station against a port model (host_tests/portmodel.py), on any
+# The firmware's real client and Wi-Fi station against a port model (host_tests/support/portmodel.py), on any
 # runtime (MicroPython unix 64/32-bit, CPython):
 #
-#     <python> host_tests/portmodel_run.py REPO PORT [old_poll]
+#     <python> host_tests/support/portmodel_run.py REPO PORT [old_poll]
 #
 # PORT is esp32 or rp2; the board table is boards/esp32 or boards/rp2_pico_w. Each scenario prints
 #     scenario NAME
@@ -15,7 +15,7 @@ REPO = sys.argv[1]
 PORT = sys.argv[2]
 OLD_POLL = len(sys.argv) > 3 and sys.argv[3] == "old_poll"
 sys.path.insert(0, REPO + "/firmware")
-sys.path.insert(0, REPO + "/host_tests")
+sys.path.insert(0, REPO + "/host_tests/support")
 
 import asyncio  # noqa: E402  (imported before the stand-ins replace socket and errno: CPython's asyncio needs the real ones)
 import json  # noqa: E402

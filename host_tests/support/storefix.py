@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tiers import skip_or_fail
+from support.tiers import skip_or_fail
 from tools.presence_store import StoreProcess, StoreUnavailable
 
 WAIT = 10.0  # seconds for any one condition that must come true; generous for a loaded machine

@@ -1,7 +1,7 @@
 # A scripted stand-in for MicroPython's `machine` module (WDT, Timer, Pin, mem32), for the watchdog,
 # recovery, boot-switch and LED tests. Plain Python that runs unchanged on CPython and on the MicroPython
 # unix port (which has no WDT or Timer): a test puts this folder first on the module path (MicroPython)
-# or installs the module as sys.modules["machine"] (CPython, see shim/fake_machine.py).
+# or installs the module as sys.modules["machine"] (CPython, see support/fake_machine.py).
 #
 # Everything the firmware does is recorded in LOG as tuples; the test plays the hardware: which level an
 # input pin reads (INPUTS), which words mem32 holds (MEM), and when the watchdog would have reset the

@@ -1,7 +1,8 @@
-# The firmware's real Client, instrumented from inside, for the fault and leak tests (issue 4). Runs on the
-# MicroPython unix port and on CPython, as a process (possibly inside a network namespace):
+# The firmware's real Client, instrumented from inside, for the fault and leak tests. Runs on the
+# MicroPython unix port and on CPython, as a process (possibly inside a network namespace); started by
+# support/faultkit.py's InstrumentedFwProc:
 #
-#     <python> host_tests/fwharness.py FIRMWARE_DIR CONFIG BOARD WATCH EVERY
+#     <python> host_tests/support/fw_instrumented.py FIRMWARE_DIR CONFIG BOARD WATCH EVERY
 #
 # It prints the firmware's own event lines, and after every EVERY-th event whose name is in WATCH (a
 # comma-separated list, e.g. "disconnected,connect_failed") one more line, synchronously at that point:
@@ -87,7 +88,7 @@ CLIENT = []
 try:
     compat.run(main())
 except KeyboardInterrupt:
-    # SIGINT (FwProc.stop): on MicroPython it arrives in the scheduler, outside any task, so the final
+    # SIGINT (EventProc.stop): on MicroPython it arrives in the scheduler, outside any task, so the final
     # lines are printed here rather than in a finally inside main().
     compat.write_line("%d stopped reason=interrupt" % compat.ticks_ms())
     final_lines()

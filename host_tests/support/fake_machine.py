@@ -1,4 +1,4 @@
-"""Install the scripted `machine` stand-in (shim/board/machine.py) for a CPython test."""
+"""Install the scripted `machine` stand-in (support/board/machine.py) for a CPython test."""
 import importlib.util
 import os
 import sys
