@@ -14,11 +14,11 @@ from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_M
 from . import sockopts
 from .link import Link, BEAT, SILENT, STALLED
 from .events import Events, Stats
-from .repeats import FailureRun
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
     from .config import Config
+    from .repeats import FailureRun
 
 VERSION = "0.1.0"
 
@@ -37,6 +37,7 @@ class Client:
     # Declared for the type checker only (MicroPython generates no code for a bare annotation): mypy then
     # knows every cfg.<name> read in this class, and a misspelt one fails `make typecheck`.
     cfg: "Config"
+    failing: "FailureRun | None"
 
     def __init__(self, config, board, net=None, events=None):
         self.cfg = config
@@ -73,7 +74,9 @@ class Client:
         self._detail = None
         self._rx_task = None
         self._beat_task = None  # finishes a beat the socket took only part of
-        self.failing = FailureRun(cfg.verbose)  # which connect failures get a line of their own
+        # Which connect failures get a line of their own: repeats.FailureRun, made at the first failure,
+        # so that a device that connects at once never loads it.
+        self.failing = None
         # The application's side (docs/APP.md, appio.py): a handler for received DATA payloads (None: the
         # seed's upper-case echo, in place and allocation-free) and send() for frames of its own.
         self.on_data = None
@@ -151,10 +154,15 @@ class Client:
 
     def _failed(self, now, reason):
         """True when this failure gets its own line; else maybe a summary line is due instead."""
-        if self.failing.failed(now, reason):
+        run = self.failing
+        if run is None:
+            from .repeats import FailureRun
+
+            run = self.failing = FailureRun(self.cfg.verbose)
+        if run.failed(now, reason):
             return True
-        if self.failing.summary_due(now):
-            self.ev.emit("connect_failing", *self.failing.summary(now))
+        if run.summary_due(now):
+            self.ev.emit("connect_failing", *run.summary(now))
         return False
 
     def _resolve(self):
@@ -208,10 +216,13 @@ class Client:
         tlsc = self.tls
         if tlsc is not None:  # after the socket options: a TLS socket has no setsockopt
             self._bump()  # each bounded wait of a connect counts on its own for the watchdog feeder
-            sock, pre = await self._tls_start(tlsc, sock, t0)
+            from . import tls  # loaded with the Tls object: the handshake's driver lives there
+
+            sock, pre = await tls.start(self, tlsc, sock, t0)
             if sock is None:
                 return None
-        summary = self.failing.ended(ticks_ms())  # a run of failures ends with a connection, not a TCP one
+        # A run of failures ends with a connection, not a TCP one.
+        summary = self.failing.ended(ticks_ms()) if self.failing is not None else None
         if summary is not None:
             self.ev.emit("connect_failing", *summary)
         st.connects += 1
@@ -223,114 +234,11 @@ class Client:
         auth = self.auth
         if auth is not None:
             self._bump()
-            if not await self._authenticate(auth, sock, pre):
+            from . import authio  # the exchange's driver: loaded only by a device that authenticates
+
+            if not await authio.authenticate(self, auth, sock, pre):
                 return None
         return sock
-
-    async def _tls_start(self, tlsc, raw, t0):
-        """Wrap and handshake; returns (TLS socket, bytes of the CHALLENGE already read) or (None, 0)
-        after a connect_failed event. The handshake completes with the session's first transfer
-        (see tls.py): the CHALLENGE's first bytes with authentication, else a first beat."""
-        from . import tls
-
-        net = self.net
-        sock = None
-        reason = None
-        detail = None
-        n = 0
-        try:
-            sock = tlsc.wrap(raw)
-            if self.auth is not None:
-                n = await compat.wait_for_ms(tls.handshake(sock, self.auth.challenge_view(), 0), tlsc.timeout_ms)
-                if n == 0:
-                    reason, detail = tls.CLOSED, "eof"
-            else:
-                await compat.wait_for_ms(tls.handshake(sock, self.beat, HEADER_SIZE), tlsc.timeout_ms)
-                self.stats.beats_sent += 1
-        except compat.TimeoutError:
-            reason, detail = tls.TIMEOUT, "%dms" % tlsc.timeout_ms
-        except (OSError, ValueError) as e:
-            reason, detail = tls.failure(e)
-        except compat.CancelledError:
-            net.close(sock if sock is not None else raw)
-            net.close(raw)
-            raise
-        if reason is None:
-            self.ev.emit("tls_ready", "took_ms", ticks_diff(ticks_ms(), t0), "server_hostname", tlsc.hostname)
-            return sock, n if n > 0 else 0
-        if sock is not None:
-            net.close(sock)
-        net.close(raw)  # a failed MicroPython handshake detaches the TLS socket from it: close it too
-        self.stats.connect_failed(reason)
-        self.link.connect_failed()
-        now = ticks_ms()
-        if self._failed(now, reason):  # a server with a bad certificate fails every attempt: summarised too
-            self.ev.emit(
-                "connect_failed", "attempt", self.stats.attempts, "reason", reason, "detail", detail,
-                "took_ms", ticks_diff(now, t0),
-            )
-        return None, 0
-
-    async def _authenticate(self, auth, sock, pre):
-        """The CHALLENGE / AUTH / WELCOME exchange before the session starts. False (after a
-        `disconnected reason=auth` event, the socket closed) when the server did not prove the key."""
-        from .auth import AuthError
-
-        t0 = ticks_ms()
-        detail = None
-        try:
-            await compat.wait_for_ms(self._auth_exchange(auth, sock, pre), self.cfg.auth_timeout_ms)
-        except AuthError as e:
-            detail = e.args[0]
-        except compat.TimeoutError:
-            detail = "timeout"
-        except OSError as e:
-            detail = compat.errno_name(e)
-        except compat.CancelledError:
-            self.net.close(sock)
-            raise
-        now = ticks_ms()
-        if detail is None:
-            self.ev.emit("authenticated", "id", self.cfg.auth_id, "took_ms", ticks_diff(now, t0))
-            return True
-        self.net.close(sock)
-        self.link.connect_failed()
-        self.stats.disconnected(R_AUTH)
-        self.ev.emit("disconnected", "reason", R_AUTH, "detail", detail, "up_ms", ticks_diff(now, t0))
-        return False
-
-    async def _auth_exchange(self, auth, sock, pre):
-        view = auth.challenge_view()
-        await self._read_exactly(sock, view, pre)
-        frame = auth.answer(view)
-        net = self.net
-        off = 0
-        while off < len(frame):
-            k = net.try_write(sock, frame, off, len(frame) - off)
-            if k:
-                off += k
-            else:
-                await net.wait_writable(sock)
-        view = auth.welcome_view()
-        await self._read_exactly(sock, view[:HEADER_SIZE], 0)
-        if auth.welcome_header_ok(view):  # only then is the rest a proof; else stop at the header
-            await self._read_exactly(sock, view, HEADER_SIZE)
-        auth.check_welcome(view)
-
-    async def _read_exactly(self, sock, view, got):
-        # Reads never go past the frame: what follows WELCOME belongs to the session's decoder.
-        from .auth import AuthError
-
-        net = self.net
-        need = len(view)
-        while got < need:
-            n = net.try_read(sock, view[got:])
-            if n < 0:
-                await net.wait_readable(sock)
-            elif n == 0:
-                raise AuthError("closed")
-            else:
-                got += n
 
     # -- one connection ------------------------------------------------------------------------
     async def _session(self, sock):

@@ -72,8 +72,14 @@ if MICROPYTHON:
         # and a Ctrl-C landing between the two glued the next line (`stopped`) onto this one.
         _out.write(s + "\n")
 
-    def block_ms(ms):
-        time.sleep_ms(ms)
+    # The runtime's own functions where nothing needs adding: a wrapper of ours would be one more
+    # function object and its code, in the heap for the life of the firmware.
+    block_ms = time.sleep_ms
+    mem_alloc = gc.mem_alloc
+    mem_free = gc.mem_free
+    collect = gc.collect
+    # After an exception escaped asyncio.run, the old loop's tasks are still queued: start afresh.
+    new_loop = asyncio.new_event_loop
 
     def forget_module(name):
         # Drop a module of the package once it has done its work (the config validator), so that its
@@ -83,24 +89,11 @@ if MICROPYTHON:
             delattr(pkg, name)
         sys.modules.pop(pkg.__name__ + "." + name, None)
 
-    def new_loop():
-        # After an exception escaped asyncio.run, the old loop's tasks are still queued: start afresh.
-        asyncio.new_event_loop()
-
-    def mem_alloc():
-        return gc.mem_alloc()
-
-    def mem_free():
-        return gc.mem_free()
-
     def on_terminate():
         pass  # no signal module: on a board nothing sends SIGTERM; on the unix port hostrun turns it into SIGINT
 
-    def ignore_interrupts():
-        pass  # the unix port's handler cannot be swapped from Python; main.final_lines retries instead
-
-    def collect():
-        gc.collect()
+    # The unix port's handler cannot be swapped from Python; Firmware.interrupted retries instead.
+    ignore_interrupts = on_terminate
 
     # asyncio's poller. Private, but stable since MicroPython 1.13 and exactly what its own Stream
     # methods wait on; the public Stream API would allocate a generator per read.
@@ -197,33 +190,16 @@ def exit_status(rc):
 _port_names = {}  # type: dict[int, str]
 
 
-# getaddrinfo's failures by number: glibc's (negative; CPython's socket.gaierror and the MicroPython unix
-# port's "[addrinfo error N]") and lwIP's netdb.h (positive, from 200).
-_EAI = {
-    -1: "EAI_BADFLAGS", -2: "EAI_NONAME", -3: "EAI_AGAIN", -4: "EAI_FAIL", -5: "EAI_NODATA",
-    -6: "EAI_FAMILY", -7: "EAI_SOCKTYPE", -8: "EAI_SERVICE", -9: "EAI_ADDRFAMILY", -10: "EAI_MEMORY",
-    -11: "EAI_SYSTEM", -12: "EAI_OVERFLOW",
-    200: "EAI_NONAME", 201: "EAI_SERVICE", 202: "EAI_FAIL", 203: "EAI_MEMORY", 204: "EAI_FAMILY",
-    210: "EAI_NONAME", 211: "EAI_NODATA", 212: "EAI_FAIL", 213: "EAI_AGAIN",
-}
-
-
 class ResolveError(OSError):
     """A failed lookup; args[0] is the failure's name (EAI_NONAME...), as errno_name reports it."""
 
 
 def resolve_error_name(e):
-    n = e.args[0] if e.args else 0
-    if isinstance(n, str):
-        # MicroPython: OSError("[addrinfo error -2]")
-        digits = n.strip("[]").split(" ")[-1]
-        try:
-            n = int(digits)
-        except ValueError:
-            return "EAI_FAIL"
-    if n in _EAI:
-        return _EAI[n]
-    return errno_name(e) if isinstance(e.args[0] if e.args else 0, int) else "EAI_%d" % n
+    # The table of names lives in eai.py, loaded at the first failed lookup: a device whose server name
+    # resolves never carries it.
+    from .eai import name
+
+    return name(e)
 
 
 def errno_name(e):

@@ -141,3 +141,49 @@ class Tls:
 
     def wrap(self, sock):
         return wrap(self.ctx, sock, self.hostname)
+
+
+async def start(client, tlsc, raw, t0):
+    """The client's TLS step of a connect: wrap and handshake. Returns (TLS socket, bytes of the
+    CHALLENGE already read) or (None, 0) after a connect_failed event. The handshake completes with the
+    session's first transfer (see above): the CHALLENGE's first bytes with authentication, else a first
+    beat. Kept here rather than in client.py, so that a device without TLS does not carry its code."""
+    from .protocol import HEADER_SIZE
+
+    net = client.net
+    sock = None
+    reason = None
+    detail = None
+    n = 0
+    try:
+        sock = tlsc.wrap(raw)
+        if client.auth is not None:
+            n = await compat.wait_for_ms(handshake(sock, client.auth.challenge_view(), 0), tlsc.timeout_ms)
+            if n == 0:
+                reason, detail = CLOSED, "eof"
+        else:
+            await compat.wait_for_ms(handshake(sock, client.beat, HEADER_SIZE), tlsc.timeout_ms)
+            client.stats.beats_sent += 1
+    except compat.TimeoutError:
+        reason, detail = TIMEOUT, "%dms" % tlsc.timeout_ms
+    except (OSError, ValueError) as e:
+        reason, detail = failure(e)
+    except compat.CancelledError:
+        net.close(sock if sock is not None else raw)
+        net.close(raw)
+        raise
+    now = compat.ticks_ms()
+    if reason is None:
+        client.ev.emit("tls_ready", "took_ms", compat.ticks_diff(now, t0), "server_hostname", tlsc.hostname)
+        return sock, n if n > 0 else 0
+    if sock is not None:
+        net.close(sock)
+    net.close(raw)  # a failed MicroPython handshake detaches the TLS socket from it: close it too
+    client.stats.connect_failed(reason)
+    client.link.connect_failed()
+    if client._failed(now, reason):  # a server with a bad certificate fails every attempt: summarised too
+        client.ev.emit(
+            "connect_failed", "attempt", client.stats.attempts, "reason", reason, "detail", detail,
+            "took_ms", compat.ticks_diff(now, t0),
+        )
+    return None, 0

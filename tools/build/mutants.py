@@ -26,7 +26,7 @@ MUTANTS = {
         "firmware/hbkeep/compat.py", "if 97 <= c <= 122:", "if 97 <= c < 122:",
         [E + "test_the_plain_python_byte_loops_are_right_on_the_runtime_itself"]),
     "offline_one_tick_late": (
-        "tools/hbserver/core.py", "elif c.missed >= limit and", "elif c.missed > limit and",
+        "tools/hbserver/offline.py", "if c.missed >= k and", "if c.missed > k and",
         [E + "test_a_silent_client_goes_offline_at_exactly_offline_ticks"]),
     "slow_reader_seen_as_stalled": (
         "firmware/hbkeep/client.py", "link.tx_blocked(ticks_ms())  # progress: the peer is reading, slowly",
@@ -36,7 +36,7 @@ MUTANTS = {
         "firmware/hbkeep/client.py", "link.reading_paused(ticks_ms())", "pass",
         [E + "test_a_slow_but_reading_server_is_neither_stalled_nor_silent"]),
     "partial_deadline_not_reset_by_frames": (
-        "tools/hbserver/conn.py", "if frames or self.partial_since is None:", "if self.partial_since is None:",
+        "tools/hbserver/offline.py", "if completed or c.partial_since is None:", "if c.partial_since is None:",
         [E + "test_the_partial_frame_deadline_runs_from_when_the_held_frame_began"]),
     "beat_drift": (
         "firmware/hbkeep/link.py", "nxt = ticks_add(self.next_beat, self.beat_ms)", "nxt = ticks_add(now, self.beat_ms)",
@@ -105,7 +105,7 @@ MUTANTS = {
         "firmware/hbkeep/client.py", "        if self.dec:\n            self.dec.reset()\n", "",
         ["host_tests/test_bad_servers.py"]),
     "heap_error_not_caught_at_start": (
-        "firmware/main.py", "    except MemoryError:\n        # The ranges", "    except KeyError:\n        # The ranges",
+        "firmware/hbkeep/start.py", "    except MemoryError:\n        # The ranges", "    except KeyError:\n        # The ranges",
         ["host_tests/test_config_hardening.py::test_buffers_the_heap_cannot_hold_are_a_config_error_naming_the_key"]),
 }
 
