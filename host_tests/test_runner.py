@@ -8,24 +8,17 @@ import subprocess
 
 import pytest
 
-from firmware.hbkeep import compat, runner, wdtpark
+from firmware.hbkeep import compat, runner
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
-from support import fake_machine, vloop
+from support import vloop
 from support.boards import board
+from support.fake_machine import machine  # noqa: F401  (fixture)
 from support.fake_sockets import FakeConn, FakeNet
 from tools import hostrun
 from tools.eventlines import name_fields as fields, parse_line
 from tools.paths import BOARDS_DIR, FIRMWARE_DIR
-
-
-@pytest.fixture
-def machine(monkeypatch):
-    mod = fake_machine.install(monkeypatch, compat.ticks_ms)
-    wdtpark.unpark()
-    yield mod
-    wdtpark.unpark()
 
 
 @pytest.fixture

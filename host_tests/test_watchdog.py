@@ -17,17 +17,10 @@ from support.fwproc import FwProc
 from support.scripted_server import ScriptedServer
 from support import fake_machine, vloop
 from support.boards import board
+from support.fake_machine import machine  # noqa: F401  (fixture)
 from support.fake_sockets import FakeConn, FakeNet
 from tools.eventlines import parse_line
 from tools.paths import FIRMWARE_DIR
-
-
-@pytest.fixture
-def machine(monkeypatch):
-    mod = fake_machine.install(monkeypatch, compat.ticks_ms)
-    wdtpark.unpark()
-    yield mod
-    wdtpark.unpark()
 
 
 class Rig:

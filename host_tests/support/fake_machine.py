@@ -1,7 +1,10 @@
-"""Install the scripted `machine` stand-in (support/board/machine.py) for a CPython test."""
+"""Install the scripted `machine` stand-in (support/board/machine.py) for a CPython test; `machine` is
+the pytest fixture doing so on the firmware's clock (import it into a test module to use it)."""
 import importlib.util
 import os
 import sys
+
+import pytest
 
 BOARD_SHIM_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "board")
 
@@ -13,3 +16,15 @@ def install(monkeypatch, clock):
     mod.clock = clock
     monkeypatch.setitem(sys.modules, "machine", mod)
     return mod
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """The stand-in as `machine`, on the firmware's clock (compat.ticks_ms), with the watchdog's park
+    timer cleared before and after, so that no test inherits another's parked watchdog."""
+    from firmware.hbkeep import compat, wdtpark
+
+    mod = install(monkeypatch, compat.ticks_ms)
+    wdtpark.unpark()
+    yield mod
+    wdtpark.unpark()
