@@ -270,17 +270,10 @@ def test_a_host_run_keeps_its_exit_code(any_runtime, tmp_path):
 
 # -- the stop switches on the simulated board (tools.simboard), with the real mpremote ---------------
 def test_simulated_board_stop_switches_leave_the_repl_free(tmp_path):
-    import shutil
-
     from support.scripted_server import ScriptedServer
-    from support.simboard_proc import SimBoardProc
+    from support.simboard_proc import SimBoardProc, flash_firmware
 
-    flash = tmp_path / "flash"
-    (flash / "hbkeep").mkdir(parents=True)
-    for name in os.listdir(os.path.join(FIRMWARE_DIR, "hbkeep")):
-        if name.endswith(".py") and name not in ("_cpython.py", "protocol_host.py"):
-            shutil.copy(os.path.join(FIRMWARE_DIR, "hbkeep", name), str(flash / "hbkeep" / name))
-    shutil.copy(os.path.join(FIRMWARE_DIR, "main.py"), str(flash / "main.py"))
+    flash = flash_firmware(tmp_path / "flash")
     with ScriptedServer() as srv:
         (flash / "board.json").write_text(json.dumps(board("unix", boot_hold_pin=4)))
         (flash / "config.json").write_text(json.dumps({"port": srv.port, "stats_ms": 0}))

@@ -278,16 +278,9 @@ def simboard_flash(tmp_path, port, with_boot_py):
 
     The simulator's mem32 reads all ones at any address while its watchdog runs, so wdt_running_reg
     [0, 1] is the simulated board's version of the Pico W's control register."""
-    import shutil
+    from support.simboard_proc import flash_firmware
 
-    flash = tmp_path / "flash"
-    (flash / "hbkeep").mkdir(parents=True)
-    for name in os.listdir(os.path.join(FIRMWARE_DIR, "hbkeep")):
-        if name.endswith(".py") and name not in ("_cpython.py", "protocol_host.py"):
-            shutil.copy(os.path.join(FIRMWARE_DIR, "hbkeep", name), str(flash / "hbkeep" / name))
-    shutil.copy(os.path.join(FIRMWARE_DIR, "main.py"), str(flash / "main.py"))
-    if with_boot_py:
-        shutil.copy(os.path.join(FIRMWARE_DIR, "boot.py"), str(flash / "boot.py"))
+    flash = flash_firmware(tmp_path / "flash", boot_py=with_boot_py)
     table = board("unix", watchdog=True, wdt_max_ms=8388, wdt_park_ms=1500, wdt_running_reg=[0, 1])
     (flash / "board.json").write_text(json.dumps(table))
     cfg = {"port": port, "beat_ms": 200, "stats_ms": 0, "wdt_ms": 1000, "peer_timeout": "off"}

@@ -9,6 +9,7 @@
 Every wait is bounded and fails with what was seen. The simulator also gets --timeout, so it stops by
 itself even if a test dies before tearing it down.
 """
+import os
 import queue
 import subprocess
 import sys
@@ -19,8 +20,24 @@ import serial
 
 from support.fwproc import micropython_status
 from support.tiers import skip_or_fail
-from tools.paths import REPO as ROOT
+from tools.paths import FIRMWARE_DIR, HOST_ONLY, PACKAGE_DIR, REPO as ROOT
 MPREMOTE = [sys.executable, "-m", "mpremote"]
+
+
+def flash_firmware(flash, boot_py=False):
+    """Fill the directory `flash` (a pathlib.Path) as a board's filesystem after a source deploy: the
+    hbkeep package without the host-only modules (tools/paths.py HOST_ONLY), main.py, and boot.py if
+    asked. The caller adds board.json and config.json."""
+    import shutil
+
+    (flash / "hbkeep").mkdir(parents=True)
+    for name in os.listdir(PACKAGE_DIR):
+        if name.endswith(".py") and name not in HOST_ONLY:
+            shutil.copy(os.path.join(PACKAGE_DIR, name), str(flash / "hbkeep" / name))
+    shutil.copy(os.path.join(FIRMWARE_DIR, "main.py"), str(flash / "main.py"))
+    if boot_py:
+        shutil.copy(os.path.join(FIRMWARE_DIR, "boot.py"), str(flash / "boot.py"))
+    return flash
 
 
 def require_micropython():
