@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from tools._lines import follow
+from tools.eventlines import follow
 from tools.presence_store import StoreProcess, StoreUnavailable
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
