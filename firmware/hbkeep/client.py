@@ -11,7 +11,6 @@ from . import compat
 from .compat import ticks_ms, ticks_diff, sleep_ms, upcase
 from . import protocol
 from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE, ERROR
-from . import sockopts
 from .link import Link, BEAT, SILENT, STALLED
 from .events import Events, Stats
 
@@ -74,8 +73,8 @@ class Client:
         self._detail = None
         self._rx_task = None
         self._beat_task = None  # finishes a beat the socket took only part of
-        # Which connect failures get a line of their own: repeats.FailureRun, made at the first failure,
-        # so that a device that connects at once never loads it.
+        # Which connect failures get a line of their own: repeats.FailureRun, made by dial.py at the first
+        # failure of a run and dropped when the run ends, so that it is not in the heap while connected.
         self.failing = None
         # The application's side (docs/APP.md, appio.py): a handler for received DATA payloads (None: the
         # seed's upper-case echo, in place and allocation-free) and send() for frames of its own.
@@ -139,106 +138,18 @@ class Client:
     async def _attempt(self):
         if not self.net.link_up():
             return
-        if self.addr is None and not self._resolve():
-            self.link.connect_failed()
-        else:
-            sock = await self._connect()
-            if sock is not None:
-                await self._session(sock)
+        from . import dial  # the connect path: forgotten by the time it returns a socket (dial.py)
+
+        sock = await dial.attempt(self)
+        del dial  # nor does this frame hold it through the session
+        if sock is not None:
+            await self._session(sock)
         if self.rot:  # a failed attempt or an ended session: on to the next server
             self.addr = self.rot.next(self.addr)
 
     def error(self, where, e):
         # Where an exception nobody foresaw was caught, and what it was. Never the end of the firmware.
         self.ev.emit("client_error", "where", where, "error", compat.exc_text(e))
-
-    def _failed(self, now, reason):
-        """True when this failure gets its own line; else maybe a summary line is due instead."""
-        run = self.failing
-        if run is None:
-            from .repeats import FailureRun
-
-            run = self.failing = FailureRun(self.cfg.verbose)
-        if run.failed(now, reason):
-            return True
-        if run.summary_due(now):
-            self.ev.emit("connect_failing", *run.summary(now))
-        return False
-
-    def _resolve(self):
-        cfg = self.cfg
-        try:
-            self.addr = self.net.resolve(cfg.host, cfg.port)
-        except OSError as e:
-            self.stats.connect_failed("resolve")
-            name = compat.errno_name(e)
-            if self._failed(ticks_ms(), name):
-                self.ev.emit("resolve_failed", "host", cfg.host, "error", name)
-            return False
-        self.ev.emit("resolved", "host", cfg.host, "addr", self.net.addr_str(self.addr))
-        return True
-
-    async def _connect(self):
-        st = self.stats
-        st.attempts += 1
-        net = self.net
-        cfg = self.cfg
-        t0 = ticks_ms()
-        if self.ev.verbose:
-            self.ev.emit("connecting", "attempt", st.attempts)
-        sock = None
-        reason = None
-        try:
-            sock = net.open(self.addr)
-            net.connect_start(sock, self.addr)
-            await compat.wait_for_ms(net.connect_finish(sock, self.addr), cfg.connect_timeout_ms)
-        except compat.TimeoutError:
-            reason = "timeout"
-        except OSError as e:
-            reason = compat.errno_name(e)
-        except compat.CancelledError:
-            if sock is not None:
-                net.close(sock)  # stopped mid-connect: no descriptor left behind
-            raise
-        if reason is not None:
-            if sock is not None:
-                net.close(sock)  # the seed leaks one descriptor per failed attempt; we do not
-            st.connect_failed(reason)
-            self.link.connect_failed()
-            now = ticks_ms()
-            if self._failed(now, reason):
-                self.ev.emit(
-                    "connect_failed", "attempt", st.attempts, "reason", reason, "took_ms", ticks_diff(now, t0),
-                )
-            return None
-        applied, lacking, failed = sockopts.apply(net, sock, self.board.get("sockopts", {}), cfg)
-        pre = 0
-        tlsc = self.tls
-        if tlsc is not None:  # after the socket options: a TLS socket has no setsockopt
-            self._bump()  # each bounded wait of a connect counts on its own for the watchdog feeder
-            from . import tls  # loaded with the Tls object: the handshake's driver lives there
-
-            sock, pre = await tls.start(self, tlsc, sock, t0)
-            if sock is None:
-                return None
-        # A run of failures ends with a connection, not a TCP one.
-        summary = self.failing.ended(ticks_ms()) if self.failing is not None else None
-        if summary is not None:
-            self.ev.emit("connect_failing", *summary)
-        st.connects += 1
-        self.ev.emit(
-            "connected", "addr", net.addr_str(self.addr), "attempt", st.attempts,
-            "took_ms", ticks_diff(ticks_ms(), t0), "applied", ",".join(applied),
-            "lacking", ",".join(lacking), "failed", ",".join(failed),
-        )
-        auth = self.auth
-        if auth is not None:
-            self._bump()
-            from . import authio  # the exchange's driver: loaded only by a device that authenticates
-
-            if not await authio.authenticate(self, auth, sock, pre):
-                return None
-        return sock
 
     # -- one connection ------------------------------------------------------------------------
     async def _session(self, sock):

@@ -149,6 +149,7 @@ async def start(client, tlsc, raw, t0):
     session's first transfer (see above): the CHALLENGE's first bytes with authentication, else a first
     beat. Kept here rather than in client.py, so that a device without TLS does not carry its code."""
     from .protocol import HEADER_SIZE
+    from . import dial  # the connect path, which runs this
 
     net = client.net
     sock = None
@@ -181,7 +182,7 @@ async def start(client, tlsc, raw, t0):
     net.close(raw)  # a failed MicroPython handshake detaches the TLS socket from it: close it too
     client.stats.connect_failed(reason)
     client.link.connect_failed()
-    if client._failed(now, reason):  # a server with a bad certificate fails every attempt: summarised too
+    if dial.failed(client, now, reason):  # a server with a bad certificate fails every attempt: summarised too
         client.ev.emit(
             "connect_failed", "attempt", client.stats.attempts, "reason", reason, "detail", detail,
             "took_ms", compat.ticks_diff(now, t0),
