@@ -9,15 +9,20 @@
 # a read finds nothing.
 from . import compat
 from .compat import ticks_ms, ticks_diff, sleep_ms, upcase
-from . import protocol
 from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE, ERROR
-from .link import Link, BEAT, SILENT, STALLED
-from .events import Events, Stats
+from .link import BEAT, SILENT, STALLED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
+    from typing import Any
+    from .auth import DeviceAuth
     from .config import Config
+    from .events import Events, Stats
+    from .link import Link
+    from .protocol import Decoder
     from .repeats import FailureRun
+    from .servers import Rotation
+    from .tls import Tls
 
 VERSION = "0.1.0"
 
@@ -33,79 +38,49 @@ R_AUTH = "auth"  # authentication failed: wrong proof, an unexpected frame, clos
 
 
 class Client:
-    # Declared for the type checker only (MicroPython generates no code for a bare annotation): mypy then
-    # knows every cfg.<name> read in this class, and a misspelt one fails `make typecheck`.
-    cfg: "Config"
+    # Every attribute, declared for the type checker (MicroPython generates no code for a bare annotation):
+    # they are set by dial.setup, so that the constructor's code is not in the heap while connected.
+    cfg: "Config"  # mypy then knows every cfg.<name> read here, and a misspelt one fails `make typecheck`
+    board: dict
+    net: "Any"  # compat.Net, or a stand-in with its methods
+    ev: "Events"
+    stats: "Stats"
+    framed: bool
+    link: "Link"
+    rxbuf: bytearray
+    dec: "Decoder | None"
+    beat: bytearray  # the HEART frame, encoded once
+    addr: "Any"  # the server's address: resolved once, then cached
+    rot: "Rotation | None"  # with a "servers" list: which one is next (servers.py, loaded only then)
+    sock: "Any"
+    connected: "Any"  # an Event, set while a connection is up: lets tests and tools wait
+    _tx_busy: bool
+    _tx_idle: "Any"  # an Event, set while nobody is mid-write
+    _reason: "str | None"
+    _detail: "str | None"
+    _rx_task: "Any"
+    _beat_task: "Any"  # finishes a beat the socket took only part of
     failing: "FailureRun | None"
+    on_data: "Any"
+    _app_hdr: "bytearray | None"
+    _app_task: "Any"  # finishes an application frame the socket took only part of
+    progress: int
+    pulse_ms: int
+    tls: "Tls | None"
+    auth: "DeviceAuth | None"
 
     def __init__(self, config, board, net=None, events=None):
-        self.cfg = config
-        cfg = self.cfg  # the declared type, so that the reads below are checked too
-        self.board = board
-        self.net = net or compat.Net(board)
-        self.ev = events or Events(verbose=cfg.verbose, secret=cfg.wifi_password)
-        self.stats = Stats()
-        self.framed = cfg.mode == "framed"
-        self.link = Link(
-            cfg.beat_ms, cfg.peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms, beats=self.framed,
-            beats_unacked_max=(board.get("socket") or {}).get("beats_unacked_max"),
-        )
-        # Buffers allocated once for the life of the client.
-        size = cfg.rx_buf
-        if self.framed and size < HEADER_SIZE + cfg.max_payload:
-            size = HEADER_SIZE + cfg.max_payload  # so a whole frame fits and is echoed in place
-        self.rxbuf = bytearray(size)
-        self.dec = protocol.Decoder(cfg.max_payload) if self.framed else None
-        self.beat = bytearray(HEADER_SIZE)
-        protocol.encode_header(self.beat, 0, protocol.HEART, 0)
-        self.addr = None  # resolved once, then cached
-        self.rot = None  # with a "servers" list: which one is next (servers.py, loaded only then)
-        if len(cfg.servers) > 1:
-            from .servers import Rotation
+        from . import dial  # the set-up is run once: it lives with the connect path
 
-            self.rot = Rotation(cfg)
-        self.sock = None
-        self.connected = compat.Event()  # set while a connection is up: lets tests and tools wait
-        self._tx_busy = False
-        self._tx_idle = compat.Event()
-        self._tx_idle.set()
-        self._reason = None
-        self._detail = None
-        self._rx_task = None
-        self._beat_task = None  # finishes a beat the socket took only part of
-        # Which connect failures get a line of their own: repeats.FailureRun, made by dial.py at the first
-        # failure of a run and dropped when the run ends, so that it is not in the heap while connected.
-        self.failing = None
-        # The application's side (docs/APP.md, appio.py): a handler for received DATA payloads (None: the
-        # seed's upper-case echo, in place and allocation-free) and send() for frames of its own.
-        self.on_data = None
-        self._app_hdr = None  # header of the application's frame being sent; allocated on first send
-        self._app_task = None  # finishes an application frame the socket took only part of
-        # Liveness for the watchdog feeder: bumped on every pass of the connection loop and of the
-        # supervisor; pulse_ms (set by the feeder, 0 = no cap) caps how long either sleeps in one go.
-        self.progress = 0
-        self.pulse_ms = 0
-        # Optional layers (docs/SECURITY.md), imported only when configured: nothing for a plain device.
-        self.tls = None
-        if cfg.tls_ca:
-            from .tls import Tls
-
-            self.tls = Tls(cfg)  # parses the CA once; a bad file raises tls.CaError (a ValueError)
-        self.auth = None
-        if cfg.auth_id:
-            from .auth import DeviceAuth
-
-            self.auth = DeviceAuth(cfg.auth_id, cfg.auth_key)
+        dial.setup(self, config, board, net, events)
 
     # -- the forever loop ----------------------------------------------------------------------
     async def run(self):
-        cfg = self.cfg
-        self.ev.emit(
-            "start", "version", VERSION, "runtime", compat.RUNTIME, "board", self.board.get("name"),
-            "mode", cfg.mode, "server", "%s:%d" % (cfg.host, cfg.port), "beat_ms", cfg.beat_ms,
-            "peer_timeout", cfg.peer_timeout, "retry_ms", cfg.retry_ms,
-        )
-        stats_task = compat.create_task(self._stats_loop()) if cfg.stats_ms else None
+        from . import dial
+
+        dial.announce(self)
+        del dial  # loaded until the first session, like the rest of the connect path
+        stats_task = compat.create_task(self._stats_loop()) if self.cfg.stats_ms else None
         link = self.link
         try:
             while True:

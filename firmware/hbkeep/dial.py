@@ -15,6 +15,83 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # for mypy only
     from .client import Client
 
+def setup(client: "Client", cfg, board, net, events):
+    """Client.__init__: everything made once for the life of the client."""
+    from .events import Events, Stats
+    from .link import Link
+    from . import protocol
+
+    client.cfg = cfg
+    client.board = board
+    client.net = net or compat.Net(board)
+    client.ev = events or Events(verbose=cfg.verbose, secret=cfg.wifi_password)
+    client.stats = Stats()
+    framed = client.framed = cfg.mode == "framed"
+    client.link = Link(
+        cfg.beat_ms, cfg.peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms, beats=framed,
+        beats_unacked_max=(board.get("socket") or {}).get("beats_unacked_max"),
+    )
+    # Buffers allocated once for the life of the client.
+    size = cfg.rx_buf
+    frame = protocol.HEADER_SIZE + cfg.max_payload
+    if framed and size < frame:
+        size = frame  # so a whole frame fits and is echoed in place
+    client.rxbuf = bytearray(size)
+    client.dec = protocol.Decoder(cfg.max_payload) if framed else None
+    client.beat = bytearray(protocol.HEADER_SIZE)
+    protocol.encode_header(client.beat, 0, protocol.HEART, 0)
+    client.addr = None
+    client.rot = None
+    if len(cfg.servers) > 1:
+        from .servers import Rotation
+
+        client.rot = Rotation(cfg)
+    client.sock = None
+    client.connected = compat.Event()
+    client._tx_busy = False
+    client._tx_idle = compat.Event()
+    client._tx_idle.set()
+    client._reason = None
+    client._detail = None
+    client._rx_task = None
+    client._beat_task = None
+    # Which connect failures get a line of their own: repeats.FailureRun, made at the first failure of a
+    # run and dropped when the run ends (connect below), so that it is not in the heap while connected.
+    client.failing = None
+    # The application's side (docs/APP.md, appio.py): a handler for received DATA payloads (None: the
+    # seed's upper-case echo, in place and allocation-free) and send() for frames of its own.
+    client.on_data = None
+    client._app_hdr = None  # header of the application's frame being sent; allocated on first send
+    client._app_task = None
+    # Liveness for the watchdog feeder: bumped on every pass of the connection loop and of the
+    # supervisor; pulse_ms (set by the feeder, 0 = no cap) caps how long either sleeps in one go.
+    client.progress = 0
+    client.pulse_ms = 0
+    # Optional layers (docs/SECURITY.md), imported only when configured: nothing for a plain device.
+    client.tls = None
+    if cfg.tls_ca:
+        from .tls import Tls
+
+        client.tls = Tls(cfg)  # parses the CA once; a bad file raises tls.CaError (a ValueError)
+    client.auth = None
+    if cfg.auth_id:
+        from .auth import DeviceAuth
+
+        client.auth = DeviceAuth(cfg.auth_id, cfg.auth_key)
+
+
+def announce(client: "Client"):
+    # The `start` line, once, when the client starts running.
+    from .client import VERSION
+
+    cfg = client.cfg
+    client.ev.emit(
+        "start", "version", VERSION, "runtime", compat.RUNTIME, "board", client.board.get("name"),
+        "mode", cfg.mode, "server", "%s:%d" % (cfg.host, cfg.port), "beat_ms", cfg.beat_ms,
+        "peer_timeout", cfg.peer_timeout, "retry_ms", cfg.retry_ms,
+    )
+
+
 # Modules only the connect path uses, forgotten with it once a session runs.
 _CONNECT_ONLY = ("dial", "sockopts", "repeats", "eai", "authio")
 
