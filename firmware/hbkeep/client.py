@@ -8,11 +8,11 @@
 # reads into one buffer, echoes written from where the bytes lie, and waiting on the poller only when
 # a read finds nothing.
 from . import compat
-from .compat import ticks_ms, ticks_diff, sleep_ms, upcase
+from .compat import const, ticks_ms, ticks_diff, sleep_ms, upcase
 from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE, ERROR
 from .link import BEAT, SILENT, STALLED
 
-TYPE_CHECKING = False
+TYPE_CHECKING = const(False)  # const: MicroPython compiles the block below away, names and all
 if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
     from typing import Any
     from .auth import DeviceAuth

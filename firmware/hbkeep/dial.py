@@ -11,7 +11,7 @@ import errno
 from . import compat
 from .compat import const, ticks_ms, ticks_diff, sleep_ms
 
-TYPE_CHECKING = False
+TYPE_CHECKING = const(False)  # const: MicroPython compiles the block below away, names and all
 if TYPE_CHECKING:  # for mypy only
     from .client import Client
 
