@@ -39,7 +39,7 @@ R_AUTH = "auth"  # authentication failed: wrong proof, an unexpected frame, clos
 
 class Client:
     # Every attribute, declared for the type checker (MicroPython generates no code for a bare annotation):
-    # they are set by dial.setup, so that the constructor's code is not in the heap while connected.
+    # they are set by clientsetup.init_client, so that the constructor's code is not in the heap after it.
     cfg: "Config"  # mypy then knows every cfg.<name> read here, and a misspelt one fails `make typecheck`
     board: dict
     net: "Any"  # compat.Net, or a stand-in with its methods
@@ -70,9 +70,10 @@ class Client:
     auth: "DeviceAuth | None"
 
     def __init__(self, config, board, net=None, events=None):
-        from . import dial  # the set-up is run once: it lives with the connect path
+        from . import clientsetup  # run once, then forgotten
 
-        dial.setup(self, config, board, net, events)
+        clientsetup.init_client(self, config, board, net, events)
+        compat.forget_module("clientsetup")
 
     # -- the forever loop ----------------------------------------------------------------------
     async def run(self):

@@ -228,17 +228,17 @@ class LwipNet:
       write_max  bytes handed to one write() call (null: no cap). See docs/PORTS.md for why rp2 has one.
       errno_names  {"number": "NAME"} for the numbers the port's socket layer raises.
 
-    The connect side (set-up, lookup, connect) runs only between sessions: its bodies are in dial.py, which
-    the client forgets while a session runs, so here each is a call into it. What a session uses (reads,
-    writes, waits, close) is here in full.
+    The connect side (lookup, connect) runs only between sessions: its bodies are in dial.py, which the
+    client forgets while a session runs, so here each is a call into it. The set-up runs once, from
+    clientsetup.py. What a session uses (reads, writes, waits, close) is here in full.
 
     On the host, tests pass a scripted stand-in with the same methods (host_tests/support/fake_sockets.py,
     host_tests/support/portmodel.py)."""
 
     def __init__(self, board=None, port=PORT):
-        from . import dial
+        from . import clientsetup  # forgotten once the client is made (Client.__init__)
 
-        dial.net_setup(self, board, port)
+        clientsetup.init_net(self, board, port)
 
     def resolve(self, host, port):
         from . import dial
