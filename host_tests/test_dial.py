@@ -5,12 +5,14 @@ MicroPython unix ports (CPython keeps every module: its heap is not a board's)."
 import json
 import os
 import socket
+import ssl
 import subprocess
 import time
 
 import pytest
 
 from support.fwproc import require_runtime
+from support.seckit import pki  # noqa: F401  (session fixture: CA and server certificates)
 from tools import hostrun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +50,7 @@ async def main():
 compat.run(main())
 """
 
-CONNECT_ONLY = {"dial", "sockopts", "repeats"}
+CONNECT_ONLY = {"dial", "sockopts", "repeats", "tls"}
 ONCE = {"clientsetup", "start", "config", "strictjson"}
 
 
@@ -61,13 +63,20 @@ def listener(port=0):
     return srv
 
 
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "tls"])
 @pytest.mark.parametrize("runtime", ["micropython", "micropython32"])
-def test_the_connect_path_leaves_while_connected_and_returns_for_an_outage(runtime, tmp_path):
+def test_the_connect_path_leaves_while_connected_and_returns_for_an_outage(runtime, secure, pki, tmp_path):
     require_runtime(runtime)
     srv = listener()
     port = srv.getsockname()[1]
+    conf = {"port": port, "beat_ms": 100, "retry_ms": 100, "stats_ms": 0}
+    server_tls = None
+    if secure:
+        conf["tls"] = {"ca": pki.ca_der}
+        server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_tls.load_cert_chain(pki.cert, pki.key)
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"port": port, "beat_ms": 100, "retry_ms": 100, "stats_ms": 0}))
+    cfg.write_text(json.dumps(conf))
     script = tmp_path / "watch.py"
     script.write_text(SCRIPT % {"fw": hostrun.FIRMWARE_DIR, "cfg": str(cfg),
                                 "board": os.path.join(ROOT, "boards", "unix", "board.json")})
@@ -86,14 +95,20 @@ def test_the_connect_path_leaves_while_connected_and_returns_for_an_outage(runti
             if parts[:1] == ["modules"]:
                 seen[parts[1]] = set(parts[2].split(",")) if len(parts) > 2 else set()
 
-    try:
+    def accept():
         conn, _ = srv.accept()
+        conn.settimeout(LIMIT_S)
+        # The device's first beat completes its side of the handshake (tls.py): wrapping returns then.
+        return server_tls.wrap_socket(conn, server_side=True) if server_tls else conn
+
+    try:
+        conn = accept()
         until("up")
         srv.close()  # the server is down: from now on every attempt is refused
         conn.close()
         until("down")
         srv = listener(port)
-        conn, _ = srv.accept()
+        conn = accept()
         until("again")
         conn.close()
         assert child.wait(timeout=max(1.0, deadline - time.monotonic())) == 0, "".join(lines)
@@ -108,3 +123,5 @@ def test_the_connect_path_leaves_while_connected_and_returns_for_an_outage(runti
     assert not seen["down"] & ONCE, seen["down"]
     assert not seen["again"] & (CONNECT_ONLY | ONCE), seen["again"]
     assert {"client", "compat", "link", "protocol"} <= seen["up"] == seen["again"], seen
+    if secure:  # the control: the TLS step ran on this very connection, with the module loaded then
+        assert any(line.split()[1:2] == ["tls_ready"] for line in lines if len(line.split()) > 1), "".join(lines)

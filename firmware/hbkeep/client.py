@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves th
     from .protocol import Decoder
     from .repeats import FailureRun
     from .servers import Rotation
-    from .tls import Tls
 
 VERSION = "0.1.0"
 
@@ -66,7 +65,7 @@ class Client:
     _app_task: "Any"  # finishes an application frame the socket took only part of
     progress: int
     pulse_ms: int
-    tls: "Tls | None"
+    tls: "tuple | None"  # tls.settings(): (context, server hostname, handshake timeout ms)
     auth: "DeviceAuth | None"
 
     def __init__(self, config, board, net=None, events=None):

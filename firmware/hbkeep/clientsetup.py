@@ -66,9 +66,9 @@ def init_client(client: "Client", cfg, board, net, events):
     # Optional layers (docs/SECURITY.md), imported only when configured: nothing for a plain device.
     client.tls = None
     if cfg.tls_ca:
-        from .tls import Tls
+        from . import tls
 
-        client.tls = Tls(cfg)  # parses the CA once; a bad file raises tls.CaError (a ValueError)
+        client.tls = tls.settings(cfg)  # parses the CA once; a bad file raises tls.CaError (a ValueError)
     client.auth = None
     if cfg.auth_id:
         from .auth import DeviceAuth

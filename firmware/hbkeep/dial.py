@@ -28,7 +28,7 @@ def announce(client: "Client"):
 
 
 # Modules only the connect path uses, forgotten with it once a session runs.
-_CONNECT_ONLY = ("dial", "sockopts", "repeats", "eai", "authio")
+_CONNECT_ONLY = ("dial", "sockopts", "repeats", "eai", "authio", "tls")
 
 
 async def attempt(client: "Client"):
@@ -112,12 +112,11 @@ async def connect(client: "Client"):
 
     applied, lacking, failed_opts = sockopts.apply(net, sock, client.board.get("sockopts", {}), cfg)
     pre = 0
-    tlsc = client.tls
-    if tlsc is not None:  # after the socket options: a TLS socket has no setsockopt
+    if client.tls is not None:  # after the socket options: a TLS socket has no setsockopt
         client._bump()  # each bounded wait of a connect counts on its own for the watchdog feeder
-        from . import tls  # loaded with the Tls object: the handshake's driver lives there
+        from . import tls  # the handshake's driver: loaded only by a device that has TLS
 
-        sock, pre = await tls.start(client, tlsc, sock, t0)
+        sock, pre = await tls.start(client, sock, t0)
         if sock is None:
             return None
     # A run of failures ends with a connection, not a TCP one. The run's object goes with it: the next
