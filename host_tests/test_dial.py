@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from firmware.hbkeep import auth, auth_host
 from support.fwproc import require_runtime
 from support.seckit import pki  # noqa: F401  (session fixture: CA and server certificates)
 from tools import hostrun
@@ -50,7 +51,9 @@ async def main():
 compat.run(main())
 """
 
-CONNECT_ONLY = {"dial", "sockopts", "repeats", "tls"}
+CONNECT_ONLY = {"dial", "sockopts", "repeats", "tls", "auth", "authio"}
+DEV_ID = "dev-1"
+KEY = bytes(range(32))
 ONCE = {"clientsetup", "start", "config", "strictjson"}
 
 
@@ -63,14 +66,36 @@ def listener(port=0):
     return srv
 
 
-@pytest.mark.parametrize("secure", [False, True], ids=["plain", "tls"])
+def read_exactly(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        assert chunk, "the device closed during authentication"
+        data += chunk
+    return data
+
+
+def admit(conn):
+    """The server's side of device authentication: CHALLENGE, the device's AUTH, WELCOME with the proof."""
+    snonce = os.urandom(auth.NONCE_SIZE)
+    conn.sendall(auth.frame(auth.CHALLENGE, snonce))
+    ftype, length = auth.header(read_exactly(conn, 8))
+    assert ftype == auth.AUTH, ftype
+    welcome = auth_host.verify_auth({DEV_ID.encode(): KEY}, snonce, read_exactly(conn, length))[2]
+    conn.sendall(welcome)
+
+
+@pytest.mark.parametrize("layers", ["plain", "tls", "tls_auth"])
 @pytest.mark.parametrize("runtime", ["micropython", "micropython32"])
-def test_the_connect_path_leaves_while_connected_and_returns_for_an_outage(runtime, secure, pki, tmp_path):
+def test_the_connect_path_leaves_while_connected_and_returns_for_an_outage(runtime, layers, pki, tmp_path):
     require_runtime(runtime)
     srv = listener()
     port = srv.getsockname()[1]
     conf = {"port": port, "beat_ms": 100, "retry_ms": 100, "stats_ms": 0}
+    if layers == "tls_auth":
+        conf["auth"] = {"id": DEV_ID, "key": KEY.hex()}
     server_tls = None
+    secure = layers != "plain"
     if secure:
         conf["tls"] = {"ca": pki.ca_der}
         server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -98,8 +123,13 @@ def test_the_connect_path_leaves_while_connected_and_returns_for_an_outage(runti
     def accept():
         conn, _ = srv.accept()
         conn.settimeout(LIMIT_S)
-        # The device's first beat completes its side of the handshake (tls.py): wrapping returns then.
-        return server_tls.wrap_socket(conn, server_side=True) if server_tls else conn
+        # The device's first beat, or its first read of the CHALLENGE, completes its side of the handshake
+        # (tls.py): wrapping returns then.
+        if server_tls:
+            conn = server_tls.wrap_socket(conn, server_side=True)
+        if "auth" in conf:
+            admit(conn)
+        return conn
 
     try:
         conn = accept()
@@ -123,5 +153,7 @@ def test_the_connect_path_leaves_while_connected_and_returns_for_an_outage(runti
     assert not seen["down"] & ONCE, seen["down"]
     assert not seen["again"] & (CONNECT_ONLY | ONCE), seen["again"]
     assert {"client", "compat", "link", "protocol"} <= seen["up"] == seen["again"], seen
-    if secure:  # the control: the TLS step ran on this very connection, with the module loaded then
-        assert any(line.split()[1:2] == ["tls_ready"] for line in lines if len(line.split()) > 1), "".join(lines)
+    # The control: the optional steps ran on these very connections, with their modules loaded then.
+    named = [line.split()[1] for line in lines if len(line.split()) > 1]
+    assert named.count("tls_ready") == (2 if secure else 0), "".join(lines)
+    assert named.count("authenticated") == (2 if "auth" in conf else 0), "".join(lines)

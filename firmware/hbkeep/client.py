@@ -15,7 +15,6 @@ from .link import BEAT, SILENT, STALLED
 TYPE_CHECKING = const(False)  # const: MicroPython compiles the block below away, names and all
 if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
     from typing import Any
-    from .auth import DeviceAuth
     from .config import Config
     from .events import Events, Stats
     from .link import Link
@@ -66,7 +65,6 @@ class Client:
     progress: int
     pulse_ms: int
     tls: "tuple | None"  # tls.settings(): (context, server hostname, handshake timeout ms)
-    auth: "DeviceAuth | None"
 
     def __init__(self, config, board, net=None, events=None):
         from . import clientsetup  # run once, then forgotten

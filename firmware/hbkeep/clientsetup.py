@@ -69,11 +69,7 @@ def init_client(client: "Client", cfg, board, net, events):
         from . import tls
 
         client.tls = tls.settings(cfg)  # parses the CA once; a bad file raises tls.CaError (a ValueError)
-    client.auth = None
-    if cfg.auth_id:
-        from .auth import DeviceAuth
-
-        client.auth = DeviceAuth(cfg.auth_id, cfg.auth_key)
+    # (Device authentication keeps nothing here: dial.py makes what a connection needs from cfg.)
 
 
 # Host defaults (Linux numbers) for a board table without a "socket" section.

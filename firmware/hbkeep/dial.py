@@ -28,7 +28,7 @@ def announce(client: "Client"):
 
 
 # Modules only the connect path uses, forgotten with it once a session runs.
-_CONNECT_ONLY = ("dial", "sockopts", "repeats", "eai", "authio", "tls")
+_CONNECT_ONLY = ("dial", "sockopts", "repeats", "eai", "auth", "authio", "tls")
 
 
 async def attempt(client: "Client"):
@@ -111,12 +111,19 @@ async def connect(client: "Client"):
     from . import sockopts
 
     applied, lacking, failed_opts = sockopts.apply(net, sock, client.board.get("sockopts", {}), cfg)
+    auth = None
+    if cfg.auth_id:
+        # Made for each connection rather than once: then auth.py, like the rest of the connect path, is not
+        # in the heap while a session runs. Its first read may be the TLS handshake's (tls.start).
+        from .auth import DeviceAuth
+
+        auth = DeviceAuth(cfg.auth_id, cfg.auth_key)
     pre = 0
     if client.tls is not None:  # after the socket options: a TLS socket has no setsockopt
         client._bump()  # each bounded wait of a connect counts on its own for the watchdog feeder
         from . import tls  # the handshake's driver: loaded only by a device that has TLS
 
-        sock, pre = await tls.start(client, sock, t0)
+        sock, pre = await tls.start(client, sock, t0, auth)
         if sock is None:
             return None
     # A run of failures ends with a connection, not a TCP one. The run's object goes with it: the next
@@ -133,7 +140,6 @@ async def connect(client: "Client"):
         "took_ms", ticks_diff(ticks_ms(), t0), "applied", ",".join(applied),
         "lacking", ",".join(lacking), "failed", ",".join(failed_opts),
     )
-    auth = client.auth
     if auth is not None:
         client._bump()
         from . import authio  # the exchange's driver: loaded only by a device that authenticates

@@ -138,11 +138,12 @@ def settings(cfg):
     return context(der_from_file(cfg.tls_ca)), cfg.tls_server_hostname or cfg.host, cfg.tls_handshake_timeout_ms
 
 
-async def start(client, raw, t0):
+async def start(client, raw, t0, auth=None):
     """The client's TLS step of a connect: wrap and handshake. Returns (TLS socket, bytes of the
     CHALLENGE already read) or (None, 0) after a connect_failed event. The handshake completes with the
     session's first transfer (see above): the CHALLENGE's first bytes with authentication, else a first
-    beat. Kept here rather than in client.py, so that a device without TLS does not carry its code."""
+    beat. auth: the connection's auth.DeviceAuth, or None. Kept here rather than in client.py, so that a
+    device without TLS does not carry its code."""
     from .protocol import HEADER_SIZE
     from . import dial  # the connect path, which runs this
 
@@ -154,8 +155,8 @@ async def start(client, raw, t0):
     n = 0
     try:
         sock = wrap(ctx, raw, hostname)
-        if client.auth is not None:
-            n = await compat.wait_for_ms(handshake(sock, client.auth.challenge_view(), 0), timeout_ms)
+        if auth is not None:
+            n = await compat.wait_for_ms(handshake(sock, auth.challenge_view(), 0), timeout_ms)
             if n == 0:
                 reason, detail = CLOSED, "eof"
         else:
