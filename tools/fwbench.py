@@ -126,15 +126,20 @@ async def measure(compat, argv, entry, image):
     task.cancel()
 
 
-if len(sys.argv) < 5 or sys.argv[4] not in ("echo", "start", "retry"):
-    out("error", "usage:_fwbench.py_FIRMWARE_CONFIG_BOARD_echo|start|retry_...")
-    raise SystemExit(2)
-image = reach(sys.argv[1])
-entry = heap()  # this program, the image's buffer, nothing of the firmware yet
-if MICROPYTHON:
-    out("heap_at_entry_bytes", entry - image)
-    if image:
-        out("romfs_buffer_bytes", image)
-from hbkeep import compat  # noqa: E402  (the firmware's first import: its share starts here)
+def main(argv):
+    if len(argv) < 5 or argv[4] not in ("echo", "start", "retry"):
+        out("error", "usage:_fwbench.py_FIRMWARE_CONFIG_BOARD_echo|start|retry_...")
+        raise SystemExit(2)
+    image = reach(argv[1])
+    entry = heap()  # this program, the image's buffer, nothing of the firmware yet
+    if MICROPYTHON:
+        out("heap_at_entry_bytes", entry - image)
+        if image:
+            out("romfs_buffer_bytes", image)
+    from hbkeep import compat  # the firmware's first import: its share starts here
 
-compat.run(measure(compat, sys.argv, entry, image))
+    compat.run(measure(compat, argv, entry, image))
+
+
+if __name__ == "__main__":  # tools/fwheapmap.py imports this program for reach() and start()
+    main(sys.argv)
