@@ -125,8 +125,9 @@ def parse_map(lines):
     return steps, buffers
 
 
-def heap_map(runtime="micropython32", mode="framed", romfs=False, timeout_s=60, log=None):
-    """Measure; return the key=value pairs as a list of (key, value), in print order."""
+def heap_map(runtime="micropython32", mode="framed", romfs=False, timeout_s=60, log=None, config_for=None):
+    """Measure; return the key=value pairs as a list of (key, value), in print order. config_for(port),
+    if given, returns the firmware's config for a server at 127.0.0.1:port (default: tools.bench's)."""
     log = log or (lambda msg: None)
     rows = [("runtime", runtime), ("deploy", "romfs" if romfs else ("mpy" if runtime == "micropython32" else "py")),
             ("mode", mode)]
@@ -138,7 +139,8 @@ def heap_map(runtime="micropython32", mode="framed", romfs=False, timeout_s=60, 
             firmware = bench.firmware_for(runtime, work, romfs)
             cfg_path = os.path.join(work, "config.json")
             with open(cfg_path, "w") as f:
-                json.dump(bench.bench_config(srv.getsockname()[1], mode), f)
+                port = srv.getsockname()[1]
+                json.dump(config_for(port) if config_for else bench.bench_config(port, mode), f)
             child = Child(runtime, firmware, cfg_path, os.path.join(bench.BOARDS_DIR, "unix", "board.json"),
                           timeout_s)
             log("starting the firmware to list its modules")
