@@ -87,3 +87,10 @@ def test_bench_refuses_fewer_than_one_failure():
     p = subprocess.run([sys.executable, "-m", "tools.bench", "--runtimes", "cpython", "--heap-only",
                         "--failures", "0"], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert p.returncode == 2 and "--failures" in p.stderr
+
+
+def test_frozen_on_a_binary_without_the_package_frozen_in_says_so():
+    # The stock 32-bit MicroPython has no hbkeep frozen in: the frozen run fails, naming what it tried.
+    require_runtime("micropython32")
+    with pytest.raises(AssertionError, match=r"frozen\) ended without its figures"):
+        bench.run_start("micropython32", "framed", frozen=True)

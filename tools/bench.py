@@ -21,6 +21,9 @@ tools/fwbench.py), per mode and runtime:
                                                .mpy files in a romfs image (tools/build/romfs.py) mounted
                                                from a buffer, whose own cost (romfs_buffer_bytes) stands
                                                for flash and is subtracted
+  <mode>_<rt>_heap_after_start_frozen_bytes (+ _firmware_bytes)  with --frozen: the package frozen into
+                                               the MicroPython binary (a build of one's own, named by
+                                               MICROPYTHON32= or MICROPYTHON=)
 `micropython32` is the unix port built for i386 (tools/build/mpbin32.py): a board's 4-byte object slots and
 31-bit small ints, so its heap figures are the ones to compare with a board; it runs the firmware deployed
 as a board gets it, compiled to .mpy with `mpy-cross -march=x86`. Last, the total size of the firmware
@@ -126,9 +129,12 @@ def bench_config(port, mode, **more):
     return cfg
 
 
-def firmware_for(runtime, work, romfs=False):
+def firmware_for(runtime, work, romfs=False, frozen=False):
     """Where the child finds the firmware: the sources, or (micropython32) .mpy files for x86 as a board
-    gets them on its filesystem, or those packed in a romfs image (as a board gets them in flash)."""
+    gets them on its filesystem, or those packed in a romfs image (as a board gets them in flash), or
+    (frozen) the package built into the MicroPython binary itself."""
+    if frozen:
+        return "frozen"
     if runtime != "micropython32":
         if romfs:
             raise ValueError("a romfs image is measured on micropython32 only")
@@ -192,15 +198,17 @@ def accept_while_alive(srv, child, timeout_s):
     raise AssertionError("the firmware did not connect within %d s" % timeout_s)
 
 
-def run_start(runtime, mode, romfs=False, timeout_s=60):
+def run_start(runtime, mode, romfs=False, timeout_s=60, frozen=False):
     """Heap figures once the firmware has started and connected to a loopback server that only holds
-    the connection. With romfs=True (micropython32) the firmware runs from a romfs image."""
+    the connection. With romfs=True (micropython32) the firmware runs from a romfs image; with
+    frozen=True, from the package frozen into the MicroPython binary (MICROPYTHON32= a build of one's own
+    with firmware/manifest.py frozen in)."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
-        firmware = firmware_for(runtime, work, romfs)
+        firmware = firmware_for(runtime, work, romfs, frozen)
         child = subprocess.Popen(fwbench_argv(runtime, firmware, bench_config(srv.getsockname()[1], mode), work,
                                               "start"), stdout=subprocess.PIPE, text=True)
         reader = read_results(child, results)
@@ -218,8 +226,8 @@ def run_start(runtime, mode, romfs=False, timeout_s=60):
             srv.close()
             finish(child, reader, "start run")
     if "done" not in results:
-        raise AssertionError("start run (%s, %s, romfs=%s) ended without its figures: %r" % (
-            runtime, mode, romfs, results))
+        raise AssertionError("start run (%s, %s, %s) ended without its figures: %r" % (
+            runtime, mode, "romfs" if romfs else ("frozen" if frozen else "files"), results))
     return results
 
 
@@ -334,6 +342,10 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=10000, help="frames measured for heap figures (>= 10000)")
     ap.add_argument("--failures", type=int, default=20,
                     help="failed connects before the heap is taken while retrying (default 20)")
+    ap.add_argument("--frozen", action="store_true",
+                    help="also the heap after start with the package frozen into the MicroPython binary: only "
+                         "for a build of one's own that has firmware/manifest.py frozen in (MICROPYTHON32=PATH "
+                         "or MICROPYTHON=PATH names it)")
     ap.add_argument("--heap-only", action="store_true",
                     help="only the heap figures (MicroPython runtimes): no echo runs, no throughput; seconds")
     args = ap.parse_args(argv)
@@ -368,6 +380,8 @@ def main(argv=None):
                 r = run_start(runtime, mode, romfs=True)
                 emit(tag + "_romfs_buffer_bytes", r.get("romfs_buffer_bytes", "n/a"))
                 heap_figures(tag, r, "heap_after_start", "heap_after_start_romfs")
+            if args.frozen and runtime in MICROPYTHONS:
+                heap_figures(tag, run_start(runtime, mode, frozen=True), "heap_after_start", "heap_after_start_frozen")
     if not args.heap_only:
         mpy_sizes()
     return 0

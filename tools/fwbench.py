@@ -6,7 +6,8 @@
 #
 # FIRMWARE is a directory holding the hbkeep package (sources or .mpy files), or a romfs image
 # (tools/build/romfs.py, a name ending in .romfs) mounted from a buffer, as a board mounts its romfs
-# partition, so that .mpy code runs in place from the image.
+# partition, so that .mpy code runs in place from the image, or `frozen`: the package frozen into the
+# MicroPython binary running this.
 #
 # echo:  reports the heap once connected, waits until WARMUP_FRAMES have been echoed (steady state), then
 #        turns the collector off and counts heap bytes allocated over MEASURE_FRAMES more frames, with
@@ -48,7 +49,9 @@ def out(key, value):
 
 def reach(location):
     """Put the firmware on the import path; return the heap it took that a board keeps in flash (the
-    romfs image's buffer), else 0."""
+    romfs image's buffer), else 0. `frozen`: the package is frozen into this MicroPython binary."""
+    if location == "frozen":
+        return 0
     if not location.endswith(".romfs"):
         sys.path.insert(0, location)
         return 0
