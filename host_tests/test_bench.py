@@ -32,6 +32,7 @@ def test_heap_figures_are_printed_for_both_micropythons_and_romfs_for_the_32_bit
     for tag in ("unix32", "unix"):
         for key in HEAP_KEYS:
             assert int(heap_only["%s_%s_%s" % (mode, tag, key)]) > 0, key
+    assert int(heap_only["%s_unix32_heap_retrying_most_bytes" % mode]) > 0
     for key in ROMFS_KEYS:
         assert int(heap_only["%s_unix32_%s" % (mode, key)]) > 0, key
     assert not any(k.startswith(mode + "_unix_") and "romfs" in k for k in heap_only)
@@ -72,6 +73,8 @@ def test_retry_run_counts_the_refused_connects():
     assert int(r["failed_connects"]) >= 3
     assert int(r["heap_retrying_firmware_bytes"]) < int(r["heap_retrying_bytes"])
     assert int(r["heap_at_entry_bytes"]) == int(r["heap_retrying_bytes"]) - int(r["heap_retrying_firmware_bytes"])
+    # Sampled over the retries, before the last failure: the firmware was loaded, so well above the entry.
+    assert int(r["heap_retrying_most_bytes"]) > int(r["heap_retrying_bytes"]) - 1024 > int(r["heap_at_entry_bytes"])
 
 
 def test_fwbench_refuses_an_unknown_mode_by_name(tmp_path):

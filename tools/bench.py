@@ -17,6 +17,8 @@ tools/fwbench.py), per mode and runtime:
                                                import: what the firmware itself holds
   <mode>_<rt>_heap_retrying_bytes (+ _firmware_bytes)  after --failures refused connects to a loopback
                                                port nobody listens on: the heap while the server is down
+  <mode>_<rt>_heap_retrying_most_bytes         the most seen meanwhile (a collection every ms): an
+                                               attempt in flight holds its socket
   <mode>_unix32_heap_after_start_romfs_bytes (+ _firmware_bytes)  micropython32 only: the same start, the
                                                .mpy files in a romfs image (tools/build/romfs.py) mounted
                                                from a buffer, whose own cost (romfs_buffer_bytes) stands
@@ -375,7 +377,9 @@ def main(argv=None):
                     emit("%s_alloc_window_%ss" % (tag, unit), r.get("measured_frames", "n/a"))
                     heap_figures(tag, r, "heap_after_start")
             if runtime in MICROPYTHONS:
-                heap_figures(tag, run_retry(runtime, mode, args.failures), "heap_retrying")
+                r = run_retry(runtime, mode, args.failures)
+                heap_figures(tag, r, "heap_retrying")
+                emit(tag + "_heap_retrying_most_bytes", r.get("heap_retrying_most_bytes", "n/a"))
             if runtime == "micropython32":
                 r = run_start(runtime, mode, romfs=True)
                 emit(tag + "_romfs_buffer_bytes", r.get("romfs_buffer_bytes", "n/a"))

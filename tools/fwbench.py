@@ -21,6 +21,7 @@
 #   heap_after_start_bytes           once connected, all of the heap
 #   heap_after_start_firmware_bytes  the same less heap_at_entry_bytes: the firmware's own share
 #   heap_retrying_bytes, heap_retrying_firmware_bytes  likewise, while the client retries
+#   heap_retrying_most_bytes         the most seen while it retries (a collection every ms)
 #   romfs_buffer_bytes               (romfs image) the image's buffer: it stands for flash, so it is left
 #                                    out of every figure above
 # Results are `key=value` lines on stdout; tools/bench.py reads them. Deliberately not a test: figures are
@@ -90,11 +91,16 @@ async def measure(compat, argv, entry, image):
     name = "heap_after_start"
     if mode == "retry":
         name = "heap_retrying"
-        # Taken just after a failure (the stats line's connect_failures), in the pause before the next
-        # attempt: the same point of the retry cycle on every run.
+        # Sampled every ms while the client retries (the most seen: an attempt in flight holds its
+        # socket), then taken just after the last failure counted (the stats line's connect_failures), in
+        # the pause before the next attempt: the same point of the retry cycle on every run.
+        most = 0
         while sum(st.connect_failures.values()) < counts[0]:
+            most = max(most, heap())
             await compat.sleep_ms(1)
         out("failed_connects", sum(st.connect_failures.values()))
+        if MICROPYTHON:
+            out("heap_retrying_most_bytes", most - image)
     else:
         await client.connected.wait()
     if MICROPYTHON:
