@@ -74,10 +74,11 @@ class Client:
 
     # -- the forever loop ----------------------------------------------------------------------
     async def run(self):
-        from . import dial
+        from . import clientsetup  # the start line, once
 
-        dial.announce(self)
-        del dial  # loaded until the first session, like the rest of the connect path
+        clientsetup.announce(self)
+        compat.forget_module("clientsetup")
+        del clientsetup
         stats_task = compat.create_task(self._stats_loop()) if self.cfg.stats_ms else None
         link = self.link
         try:

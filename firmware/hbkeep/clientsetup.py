@@ -1,6 +1,6 @@
-# The client's one-time set-up: what Client() and compat.Net() make for the life of the firmware. Loaded by
-# Client.__init__ and forgotten as soon as it returns, so that neither a session nor an outage carries its
-# code (the connect path, dial.py, is in the heap during an outage).
+# The client's one-time set-up: what Client() and compat.Net() make for the life of the firmware, and the
+# start line Client.run prints. Loaded for each and forgotten as soon as it is done, so that neither a
+# session nor an outage carries its code (the connect path, dial.py, is in the heap during an outage).
 import errno
 
 from . import compat
@@ -70,6 +70,18 @@ def init_client(client: "Client", cfg, board, net, events):
 
         client.tls = tls.settings(cfg)  # parses the CA once; a bad file raises tls.CaError (a ValueError)
     # (Device authentication keeps nothing here: dial.py makes what a connection needs from cfg.)
+
+
+def announce(client: "Client"):
+    # The `start` line, once, when the client starts running.
+    from .client import VERSION
+
+    cfg = client.cfg
+    client.ev.emit(
+        "start", "version", VERSION, "runtime", compat.RUNTIME, "board", client.board.get("name"),
+        "mode", cfg.mode, "server", "%s:%d" % (cfg.host, cfg.port), "beat_ms", cfg.beat_ms,
+        "peer_timeout", cfg.peer_timeout, "retry_ms", cfg.retry_ms,
+    )
 
 
 # Host defaults (Linux numbers) for a board table without a "socket" section.

@@ -1,4 +1,4 @@
-# The connect path: what the client runs while no session is up -- the start line, the lookup, the
+# The connect path: what the client runs while no session is up -- the lookup, the
 # non-blocking connect with its bounded wait, the socket options, the TLS and authentication steps, and the
 # lines that report failures -- and the body of compat.LwipNet's connect-side methods.
 #
@@ -14,18 +14,6 @@ from .compat import const, ticks_ms, ticks_diff, sleep_ms
 TYPE_CHECKING = const(False)  # const: MicroPython compiles the block below away, names and all
 if TYPE_CHECKING:  # for mypy only
     from .client import Client
-
-def announce(client: "Client"):
-    # The `start` line, once, when the client starts running.
-    from .client import VERSION
-
-    cfg = client.cfg
-    client.ev.emit(
-        "start", "version", VERSION, "runtime", compat.RUNTIME, "board", client.board.get("name"),
-        "mode", cfg.mode, "server", "%s:%d" % (cfg.host, cfg.port), "beat_ms", cfg.beat_ms,
-        "peer_timeout", cfg.peer_timeout, "retry_ms", cfg.retry_ms,
-    )
-
 
 # Modules only the connect path uses, forgotten with it once a session runs.
 _CONNECT_ONLY = ("dial", "sockopts", "repeats", "eai", "auth", "authio", "tls")
