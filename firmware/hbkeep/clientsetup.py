@@ -52,7 +52,7 @@ def init_client(client: "Client", cfg, board, net, events):
     client._rx_task = None
     client._beat_task = None
     # Which connect failures get a line of their own: repeats.FailureRun, made at the first failure of a
-    # run and dropped when the run ends (connect below), so that it is not in the heap while connected.
+    # run and dropped when the run ends (dial.connect), so that it is not in the heap while connected.
     client.failing = None
     # The application's side (docs/APP.md, appio.py): a handler for received DATA payloads (None: the
     # seed's upper-case echo, in place and allocation-free) and send() for frames of its own.
@@ -69,7 +69,7 @@ def init_client(client: "Client", cfg, board, net, events):
         from . import tls
 
         client.tls = tls.settings(cfg)  # parses the CA once; a bad file raises tls.CaError (a ValueError)
-    # (Device authentication keeps nothing here: dial.py makes what a connection needs from cfg.)
+    # Device authentication keeps nothing here: dial.py makes what each connection needs from cfg.
 
 
 def announce(client: "Client"):
@@ -91,6 +91,8 @@ _HOST_SOCKET = {  # type: dict
     "already": [getattr(errno, "EALREADY", 114)],
     "refused": [getattr(errno, "ECONNREFUSED", 111)],
 }
+
+
 def init_net(net, board, port):
     # compat.LwipNet.__init__: the port's answers from the board table (see LwipNet's docstring).
     sk = (board or {}).get("socket") or _HOST_SOCKET

@@ -20,9 +20,9 @@ _CONNECT_ONLY = ("dial", "sockopts", "repeats", "eai", "auth", "authio", "tls")
 
 
 async def attempt(client: "Client"):
-    """One attempt, the link being up: a connected socket (TLS and authentication done where configured) ready for a
-    session, or None once the failure is reported and the link told. A socket returned means the
-    connect path is forgotten: the caller holds no reference to this module through the session."""
+    """One attempt, the link being up: a connected socket (TLS and authentication done where configured)
+    ready for a session, or None once the failure is reported and the link told. A socket returned means
+    the connect path is forgotten: the caller holds no reference to this module through the session."""
     if client.addr is None and not resolve(client):
         client.link.connect_failed()
         return None
@@ -37,7 +37,8 @@ def failed(client: "Client", now, reason):
     """True when this failure gets its own line; else maybe a summary line is due instead."""
     run = client.failing
     if run is None:
-        from .repeats import FailureRun  # made at the first failure: a device that connects at once never loads it
+        # Made at the first failure: a device that connects at once never loads repeats.py.
+        from .repeats import FailureRun
 
         run = client.failing = FailureRun(client.cfg.verbose)
     if run.failed(now, reason):

@@ -135,7 +135,8 @@ def settings(cfg):
     """What the client keeps for TLS, made once: (context, name to check and send as SNI, handshake timeout
     in ms). The context holds the parsed CA. Plain values rather than an object of this module's, so
     that this module leaves the heap with the connect path while a session runs (dial.py)."""
-    return context(der_from_file(cfg.tls_ca)), cfg.tls_server_hostname or cfg.host, cfg.tls_handshake_timeout_ms
+    hostname = cfg.tls_server_hostname or cfg.host
+    return context(der_from_file(cfg.tls_ca)), hostname, cfg.tls_handshake_timeout_ms
 
 
 async def start(client, raw, t0, auth=None):
