@@ -224,3 +224,38 @@ def test_the_presence_store_and_fleetstatus_show_the_replaced_device_once_and_on
 async def _hget(r, field, want):
     return (await r.hget("hb:dev:dev-1", field)) == want
 
+
+
+def test_across_servers_sharing_the_store_the_newest_connection_wins_too(store):
+    # Two servers (two --workers, or two hosts) sharing the presence store. The device's old connection is
+    # on A; it reconnects and lands on B. A learns from the store, at its next renewal of the old
+    # connection, that B holds a newer one, and closes its own.
+    from tools.hbserver.presence import Presence, PresenceConfig
+
+    async def main():
+        r = aioredis.Redis(port=store.port, decode_responses=True)
+        logs, servers = {}, {}
+        for sid in ("A", "B"):
+            logs[sid] = EventLog()
+            p = Presence(PresenceConfig(url=store.url, server_id=sid, flush_ms=50, ttl_ms=300))
+            servers[sid] = await started(logs[sid], hooks=[p])
+        try:
+            r1, w1, peer1 = await device(servers["A"].port)
+            await until("dev-1 online on A", lambda: _hget(r, "server", "A"))
+            r2, w2, _ = await device(servers["B"].port)
+            rep = await logs["A"].wait("replaced")
+            assert (rep["client"], rep["old_peer"], rep["new_peer"], rep["new_server"]) == ("dev-1", peer1, None, "B")
+            assert (await logs["A"].wait("offline"))["reason"] == "replaced"
+            assert await closed_by_peer(r1)
+            assert servers["A"].stats()["online"] == 0 and servers["B"].stats()["online"] == 1
+            assert not logs["B"].of("replaced") and not logs["B"].of("offline")
+            await beat(r2, w2)
+            snap = await snapshot(r, "hb")
+            assert [(d["device"], d["state"], d["server"]) for d in snap["devices"]] == [("dev-1", "online", "B")]
+            w1.close()
+            w2.close()
+        finally:
+            for srv in servers.values():
+                await srv.stop()
+            await r.aclose()
+    run(main())

@@ -326,12 +326,22 @@ class HeartbeatServer:
         offline rule runs out) or someone else holding the key. The newest wins: the reconnected device is
         served at once instead of locked out for up to the offline timeout, and a clone becomes visible --
         each side's reconnection throws the other out, a `replaced` line each time, naming both peers.
-        Without authentication the name is the peer's ip:port, which TCP gives one live connection to a
-        server address at a time: a new one means the kernel has already dropped the old, and the
-        server has not yet read that."""
+        Without authentication the name is the peer's ip:port, and a new connection from an ip:port to the
+        address the old one reached means the kernel has already dropped the old one (one live connection
+        per address pair); the server has only not read that yet."""
+        self._replaced(old, peer_name(new.addr), None, now)
+
+    def replaced_elsewhere(self, conn, server):
+        """A newer connection under `conn`'s name is held by another server (the presence store says so,
+        presence.py): the same rule across servers -- `conn` is closed, reason replaced."""
+        self._replaced(conn, None, server)
+
+    def _replaced(self, old, new_peer, new_server, now=None):
+        if old not in self.clients:  # already offline (or never a client of this server)
+            return
         now = self.loop.time() if now is None else now
         self.emit("replaced", {
-            "client": old.name, "old_peer": peer_name(old.addr), "new_peer": peer_name(new.addr),
+            "client": old.name, "old_peer": peer_name(old.addr), "new_peer": new_peer, "new_server": new_server,
             "up_ms": _ms(now - old.since), "since_last_ms": _ms(now - old.last_heard)})
         self.offline(old, "replaced", now)
 
