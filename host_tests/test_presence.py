@@ -161,6 +161,29 @@ def test_an_older_connection_written_after_a_newer_one_loses_and_its_server_is_t
     run(main())
 
 
+def test_within_one_server_its_own_replacement_stands_whatever_the_wall_clock_says(store):
+    # The server replaced dev-1's connection itself; the wall clock stepped back in between (NTP), so the
+    # new connection's `since` is below the old one's. The store must still take the new one.
+    async def main():
+        r = aioredis.Redis(port=store.port, decode_responses=True)
+        srv, p, _ = await start_server(store.url, "A")
+        told = []
+        srv.replaced_elsewhere = lambda conn, server: told.append((conn, server))
+        now = srv.loop.time()
+        old, new = FakeConn("dev-1", now), FakeConn("dev-1", now - 5.0)
+        p.online(old)
+        await p.wait_flush()
+        conn_old = (await record(r, "dev-1"))["conn"]
+        p.offline(old, "replaced")
+        p.online(new)
+        await p.wait_flush()
+        rec = await record(r, "dev-1")
+        assert rec["state"] == "online" and rec["conn"] != conn_old and not told
+        await srv.stop()
+        await r.aclose()
+    run(main())
+
+
 def test_dead_server_devices_read_offline_within_the_ttl(store):
     async def main():
         r = aioredis.Redis(port=store.port, decode_responses=True)

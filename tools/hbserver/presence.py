@@ -51,23 +51,26 @@ CHUNK = 2000  # records per pipelined round trip
 # KEYS: device hash, index zset. ARGV: mode, device, conn, server, now_ms, since_ms, last_beat_ms, reason,
 # ttl_ms, channel, keep_ms. Returns 1 when written; for an offline of a connection that no longer holds the
 # record, 0 (dropped); for an online or a renewal of a connection superseded by a newer one of the same
-# device (on any server), the id of the server holding the record: that server's connection wins.
+# device on another server, that server's id: its connection wins. Between two connections of one server
+# the server itself has decided (HeartbeatServer.replace): its latest write stands, whatever the clock says.
 _SCRIPT = """
 local cur = redis.call('HGET', KEYS[1], 'conn')
 local mode = ARGV[1]
+local holder = false
+if cur and cur ~= ARGV[3] then holder = redis.call('HGET', KEYS[1], 'server') or '?' end
 if mode == 'refresh' then
   if cur == ARGV[3] then
     redis.call('HSET', KEYS[1], 'last_beat', ARGV[7])
     redis.call('PEXPIRE', KEYS[1], ARGV[9])
     return 1
   end
-  if cur then return redis.call('HGET', KEYS[1], 'server') or '?' end
+  if holder and holder ~= ARGV[4] then return holder end
   mode = 'online'  -- the record is gone (store restarted, or it expired during an outage): rewrite it
 end
-if mode == 'offline' and cur and cur ~= ARGV[3] then return 0 end
-if mode == 'online' and cur and cur ~= ARGV[3] then
+if mode == 'offline' and holder then return 0 end
+if mode == 'online' and holder and holder ~= ARGV[4] then
   local since = tonumber(redis.call('HGET', KEYS[1], 'since'))
-  if since and since > tonumber(ARGV[6]) then return redis.call('HGET', KEYS[1], 'server') or '?' end
+  if since and since > tonumber(ARGV[6]) then return holder end
 end
 local state = mode
 local reason = ''
@@ -245,9 +248,12 @@ class Presence:
 
     async def _run(self):
         period = self.config.flush_ms / 1000
-        while not self._closing:
+        me = asyncio.current_task()
+        # cancelling(): a cancellation the client library turned into an error of its own (flush() then
+        # counts a failed write) must still end the loop, or whoever cancelled would wait forever.
+        while not self._closing and not me.cancelling():
             await self.flush()
-            if not self._closing:
+            if not self._closing and not me.cancelling():
                 await asyncio.sleep(period)
 
     def _renewals(self):
