@@ -16,6 +16,7 @@ from support.seckit import KEY, OTHER_KEY, authenticate, closed_by_peer, open_de
 from support.storefix import WAIT, store, until  # noqa: F401  (store is a fixture)
 from tools.fleetstatus import snapshot
 from tools.hbserver import HeartbeatServer
+from firmware.hbkeep import auth
 from firmware.hbkeep.protocol_host import encode
 from firmware.hbkeep.protocol import HEART
 
@@ -259,3 +260,34 @@ def test_across_servers_sharing_the_store_the_newest_connection_wins_too(store):
                 await srv.stop()
             await r.aclose()
     run(main())
+
+
+def test_only_a_connection_that_proves_the_key_can_take_an_id_over():
+    # Naming an online device's id is not enough: a wrong key, or a replayed AUTH frame, fails before
+    # admission and the device's connection is untouched.
+    async def main():
+        log = EventLog()
+        srv = await started(log)
+        try:
+            r1, w1 = await open_device(srv.port)
+            frame = await authenticate(r1, w1)
+            await log.wait("online", client="dev-1")
+            r2, w2 = await open_device(srv.port)
+            await authenticate_wrong(r2, w2)
+            r3, w3 = await open_device(srv.port)
+            await asyncio.wait_for(r3.readexactly(24), WAIT)
+            w3.write(frame)  # the AUTH dev-1 sent, captured and replayed
+            await log.wait("auth_failed", count=2)
+            assert sorted(f["reason"] for _, f in log.of("auth_failed")) == ["bad_mac", "replay"]
+            assert await closed_by_peer(r2) and await closed_by_peer(r3)
+            assert not log.of("replaced") and not log.of("offline") and srv.stats()["online"] == 1
+            await beat(r1, w1)  # still served
+            w1.close()
+        finally:
+            await srv.stop()
+    run(main())
+
+
+async def authenticate_wrong(r, w):
+    challenge = await asyncio.wait_for(r.readexactly(24), WAIT)
+    w.write(bytes(auth.DeviceAuth("dev-1", OTHER_KEY).answer(challenge)))

@@ -326,9 +326,9 @@ class HeartbeatServer:
         offline rule runs out) or someone else holding the key. The newest wins: the reconnected device is
         served at once instead of locked out for up to the offline timeout, and a clone becomes visible --
         each side's reconnection throws the other out, a `replaced` line each time, naming both peers.
-        Without authentication the name is the peer's ip:port, and a new connection from an ip:port to the
-        address the old one reached means the kernel has already dropped the old one (one live connection
-        per address pair); the server has only not read that yet."""
+        Without authentication the name is the peer's ip:port. A device reaches the server at one address,
+        and TCP allows one live connection per pair of addresses, so a new connection from the same ip:port
+        means the kernel has already dropped the old one; the server has only not read that yet."""
         self._replaced(old, peer_name(new.addr), None, now)
 
     def replaced_elsewhere(self, conn, server):
