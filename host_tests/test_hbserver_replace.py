@@ -61,7 +61,8 @@ def test_a_second_connection_under_the_same_id_replaces_the_first():
             # connection the server cannot yet know is dead): the first one is thrown out.
             r2, w2, peer2 = await device(srv.port)
             await log.wait("online", count=2, client="dev-1")
-            rep = await log.wait("replaced")
+            assert log.of("replaced"), "the second connection is online and the first was not replaced"
+            rep = log.of("replaced")[0][1]
             assert rep["client"] == "dev-1" and rep["old_peer"] == peer1 and rep["new_peer"] == peer2
             assert rep["since_last_ms"] <= rep["up_ms"]
             # In this order: who replaced whom, the old connection offline, the new one online -- the
