@@ -77,11 +77,13 @@ def test_a_second_connection_under_the_same_id_replaces_the_first():
             assert [row["client"] for row in srv.client_table()] == ["dev-1"]
             assert srv.client_table()[0]["beats"] == 0  # the new connection's own count
             await beat(r2, w2)  # the new connection is served
+            await beat(r2, w2)
             w1.close()
-            # The old connection ending later is no news: the device stays online on the new one.
+            # The old connection ending later is no news: the device stays online on the new one. (Its
+            # connection beat once, the new one twice: the next offline must be the new one's.)
             w2.close()
             off = await log.wait("offline", count=2, client="dev-1")
-            assert off["reason"] == "closed" and off["beats"] == 1 and off["online"] == 0
+            assert off["reason"] == "closed" and off["beats"] == 2 and off["online"] == 0
             assert len(log.of("offline")) == 2 and len(log.of("replaced")) == 1
         finally:
             await srv.stop()
