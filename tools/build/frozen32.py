@@ -2,14 +2,15 @@
 
     python3 -m tools.build.frozen32              # build (or reuse) it; its path is the one line on stdout
     MICROPYTHON32="$(python3 -m tools.build.frozen32)" python3 -m tools.bench --runtimes micropython32 \\
-        --heap-only --frozen                     # what `make bench-frozen` runs
+        --heap-only --frozen                     # the heap with it: what `make bench-frozen` runs
 
-What it builds: MicroPython's unix port, standard variant, for i386 (`-m32`: a board's 4-byte object slots
-and 31-bit small ints), from the source of the same version as the 32-bit tier (tools/build/mpbin32.py):
-the orig tarball of Debian's `micropython` source package, downloaded with the machine's own apt (a
-private state, see tools/build/debroot.py), checked against the SHA-256 pinned in this module
-(ORIG_SHA256), and unpacked into <repo>/.cache/frozen32 (FROZEN32_CACHE_DIR moves it). Frozen in: what the standard variant freezes of
-MicroPython's own tree (asyncio) and firmware/manifest.py (the hbkeep package).
+What it builds: MicroPython 1.26.1's unix port, standard variant, for i386 (`-m32`: a board's 4-byte
+object slots and 31-bit small ints), from the source of the same version as the 32-bit tier
+(tools/build/mpbin32.py): the orig tarball of Debian's `micropython` source package, downloaded with the
+machine's own apt (a private state, see tools/build/debroot.py), checked against the SHA-256 pinned in
+this module (ORIG_SHA256), and unpacked into <repo>/.cache/frozen32 (FROZEN32_CACHE_DIR moves it). Frozen
+in: what the standard variant freezes of MicroPython's own tree (asyncio) and firmware/manifest.py (the
+hbkeep package).
 
 Debian's tarball (version `+ds`) leaves out MicroPython's bundled third-party trees, so the build turns off
 what needs them: micropython-lib (the variant's mip and ssl helpers; not frozen), Berkeley DB (btree),
