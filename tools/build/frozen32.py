@@ -347,10 +347,11 @@ def build(jobs=2, rebuild=False, cc="gcc"):
         if not rebuild and old == key and os.path.isfile(binary) and probe(binary) is None:
             log("reusing %s (firmware unchanged)" % binary)
             return binary
-        if rebuild or old is None or old.get("config") != key["config"]:
+        fresh = rebuild or old is None or old.get("config") != key["config"] or not os.path.isfile(binary)
+        if fresh:
             shutil.rmtree(build_dir, ignore_errors=True)
-        elif old.get("firmware") != key["firmware"]:
-            log("the firmware changed since the last build: rebuilding what freezes it")
+        else:
+            log("the firmware changed since the last build: rebuilding what freezes it (seconds)")
         os.makedirs(build_dir, exist_ok=True)
         if os.path.exists(key_path):
             os.remove(key_path)  # a build that fails half-way is not reused
@@ -364,8 +365,9 @@ def build(jobs=2, rebuild=False, cc="gcc"):
             took = run_step("building mpy-cross", ["make", "-C", os.path.join(source, "mpy-cross"),
                                                    "-j%d" % jobs, "PYTHON=" + sys.executable], log_path)
             log("mpy-cross built in %d s" % took)
-        log("building the unix port (%s variant, i386, ffi %s) with the firmware frozen in: about a minute "
-            "on two cores" % (VARIANT, "on" if ffi else "off: no i386 libffi"))
+        if fresh:
+            log("building the unix port (%s variant, i386, ffi %s) with the firmware frozen in: about a "
+                "minute on two cores" % (VARIANT, "on" if ffi else "off: no i386 libffi"))
         took = run_step("building the unix port for i386", args, log_path)
         log("built in %d s" % took)
         why = probe(binary)
