@@ -300,7 +300,16 @@ def run_step(what, argv, log_path, timeout_s=BUILD_TIMEOUT_S, progress=log):
                                  start_new_session=True)  # its own group: a timeout stops the compilers too
         except OSError as e:
             raise Frozen32Error("%s failed to start: %s" % (what, e))
-        timer = threading.Timer(timeout_s, os.killpg, (p.pid, signal.SIGKILL))
+        timed_out = threading.Event()
+
+        def stop():
+            timed_out.set()
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended meanwhile
+                pass
+
+        timer = threading.Timer(timeout_s, stop)
         timer.start()
         try:
             for line in p.stdout:
@@ -315,11 +324,11 @@ def run_step(what, argv, log_path, timeout_s=BUILD_TIMEOUT_S, progress=log):
             rc = p.wait()
         finally:
             timer.cancel()
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+            if p.poll() is None:  # interrupted while reading: stop the compilers too
+                stop()
                 p.wait()
     if rc != 0:
-        why = "timed out after %d s" % timeout_s if rc == -signal.SIGKILL else "rc=%d" % rc
+        why = "timed out after %g s" % timeout_s if timed_out.is_set() else "rc=%d" % rc
         raise Frozen32Error("%s failed (%s)\n  command: %s\n  last lines of its output (all of it in %s):\n%s"
                             % (what, why, shlex.join(argv), log_path, "\n".join("    " + t for t in tail)))
     return time.monotonic() - started
