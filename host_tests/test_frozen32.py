@@ -320,3 +320,81 @@ def test_source_lists_are_written_as_deb_src(tmp_path):
     debroot._prepare_apt_dir(str(tmp_path), "http://mirror.example/debian", None, "i386", "forky", "deb-src")
     with open(tmp_path / "sources.list") as f:
         assert "deb-src [arch=i386] http://mirror.example/debian forky main" in f.read()
+
+
+# -- reuse: the build's decisions, its steps replaced --------------------------------------------
+@pytest.fixture
+def fake_build(tmp_path, monkeypatch, firmware_copy):
+    """build() with the download, the toolchain check and the make steps replaced: returns the list of
+    steps each build ran (a step 'builds' by creating its output, as make would)."""
+    source = fake_source(tmp_path, 'include("$(MPY_DIR)/extmod/asyncio")\n', "")
+    monkeypatch.setenv("FROZEN32_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(frozen32, "FIRMWARE_DIR", str(firmware_copy))
+    monkeypatch.setattr(frozen32, "check_toolchain", lambda cc="gcc": False)
+    monkeypatch.setattr(frozen32, "fetch_tarball", lambda cache: "/unused.tar.xz")
+    monkeypatch.setattr(frozen32, "unpack", lambda cache, tarball: source)
+    monkeypatch.setattr(frozen32, "probe", lambda binary: None if os.path.isfile(binary) else "missing")
+    steps = []
+
+    def run_step(what, argv, log_path, timeout_s=None, progress=None):
+        steps.append(what)
+        if "mpy-cross" in what:
+            out = os.path.join(source, "mpy-cross", "build", "mpy-cross")
+        else:
+            out = os.path.join([a[len("BUILD="):] for a in argv if a.startswith("BUILD=")][0], "micropython")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        open(out, "w").close()
+        return 1.0
+
+    monkeypatch.setattr(frozen32, "run_step", run_step)
+    return steps
+
+
+def test_a_second_build_with_the_same_firmware_is_reused(fake_build):
+    binary = frozen32.build()
+    assert fake_build == ["building mpy-cross", "building the unix port for i386"]
+    del fake_build[:]
+    assert frozen32.build() == binary
+    assert fake_build == []  # nothing rebuilt
+
+
+def test_a_firmware_change_rebuilds_in_place(fake_build, firmware_copy):
+    binary = frozen32.build()
+    sentinel = os.path.join(os.path.dirname(binary), "object.o")
+    open(sentinel, "w").close()
+    del fake_build[:]
+    client = firmware_copy / "hbkeep" / "client.py"
+    client.write_text(client.read_text() + "\n# changed\n")
+    assert frozen32.build() == binary
+    assert fake_build == ["building the unix port for i386"]  # mpy-cross is kept too
+    assert os.path.exists(sentinel)  # the earlier objects stay: make rebuilds what changed
+    del fake_build[:]
+    assert frozen32.build() == binary and fake_build == []
+
+
+def test_rebuild_starts_afresh(fake_build):
+    binary = frozen32.build()
+    sentinel = os.path.join(os.path.dirname(binary), "object.o")
+    open(sentinel, "w").close()
+    del fake_build[:]
+    frozen32.build(rebuild=True)
+    assert fake_build == ["building the unix port for i386"]
+    assert not os.path.exists(sentinel)
+
+
+def test_a_build_that_failed_is_not_reused(fake_build, monkeypatch, firmware_copy):
+    frozen32.build()
+    main_py = firmware_copy / "main.py"
+    main_py.write_text(main_py.read_text() + "\n")
+
+    def failing(what, argv, log_path, timeout_s=None, progress=None):
+        raise frozen32.Frozen32Error("%s failed (rc=2)" % what)
+
+    real = frozen32.run_step
+    monkeypatch.setattr(frozen32, "run_step", failing)
+    with pytest.raises(frozen32.Frozen32Error, match="building the unix port for i386 failed"):
+        frozen32.build()
+    monkeypatch.setattr(frozen32, "run_step", real)
+    del fake_build[:]
+    frozen32.build()
+    assert fake_build == ["building the unix port for i386"]  # tried again, not taken for done

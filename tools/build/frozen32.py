@@ -349,7 +349,7 @@ def build(jobs=2, rebuild=False, cc="gcc"):
         manifest = os.path.join(cache, "frozen_manifest.py")
         manifest_text = compose_manifest(source)
         args = make_args(source, build_dir, manifest, no_mpy_lib, ffi, jobs)
-        key = build_key(args, manifest_text)
+        key = build_key(args, manifest_text, FIRMWARE_DIR)
         key_path = os.path.join(build_dir, "frozen32-key.json")
         binary = os.path.join(build_dir, "micropython")
         old = _read_key(key_path)
