@@ -176,7 +176,8 @@ def test_failure_run_edges():
     assert not r.summary_due(999)  # one ms early
     assert r.summary_due(1000)  # exactly on time
     f = dict(zip(*[iter(r.summary(1000))] * 2))
-    assert f == {"failures": 3, "unreported": 1, "last_reason": "b", "for_ms": 1000}
+    assert f == {"failures": 3, "unreported": 1, "last_reason": "b", "for_ms": 1000, "sessions": 0,
+                 "reasons": "a:2,b:1"}
     assert not r.summary_due(1500)  # nothing new
     assert not r.failed(1600, "b")
     assert not r.summary_due(1999) and r.summary_due(2000)

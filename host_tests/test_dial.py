@@ -30,8 +30,15 @@ def loaded(state):
     names = sorted(k.split(".")[1] for k in sys.modules if k.startswith("hbkeep."))
     compat.write_line("modules %%s %%s" %% (state, ",".join(names)))
 
+async def past_probation(client):
+    # A run of failures goes on through a session's first beat period (repeats.py): it is over, and its
+    # lines printed, once the client drops it.
+    while client.failing is not None:
+        await compat.sleep_ms(5)
+
 async def watch(client):
     await client.connected.wait()
+    await past_probation(client)
     loaded("up")
     while client.sock is not None:
         await compat.sleep_ms(5)
@@ -40,6 +47,7 @@ async def watch(client):
         await compat.sleep_ms(5)
     loaded("down")
     await client.connected.wait()
+    await past_probation(client)
     loaded("again")
 
 async def main():

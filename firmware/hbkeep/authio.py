@@ -2,38 +2,26 @@
 # follows a connect when the config has an "auth" object (the frames and checks themselves, sans-IO, are
 # auth.py's). Imported only then, so that a device without authentication does not carry this code.
 from . import compat
-from .compat import ticks_ms, ticks_diff
 from .protocol import HEADER_SIZE
 from .auth import AuthError
-from .client import R_AUTH
 
 
 async def authenticate(client, auth, sock, pre):
     """The exchange before the session starts; pre: bytes of the CHALLENGE already read (by a TLS
-    handshake). False (after a `disconnected reason=auth` event, the socket closed) when the server did
-    not prove the key."""
-    t0 = ticks_ms()
-    detail = None
+    handshake). None once the server proved the key; else what went wrong (`bad_proof`, `closed`,
+    `timeout`, an errno name...), for the caller's `disconnected reason=auth` (dial.connect)."""
     try:
         await compat.wait_for_ms(_exchange(client.net, auth, sock, pre), client.cfg.auth_timeout_ms)
     except AuthError as e:
-        detail = e.args[0]
+        return e.args[0]
     except compat.TimeoutError:
-        detail = "timeout"
+        return "timeout"
     except OSError as e:
-        detail = compat.errno_name(e)
+        return compat.errno_name(e)
     except compat.CancelledError:
         client.net.close(sock)
         raise
-    now = ticks_ms()
-    if detail is None:
-        client.ev.emit("authenticated", "id", client.cfg.auth_id, "took_ms", ticks_diff(now, t0))
-        return True
-    client.net.close(sock)
-    client.link.connect_failed()
-    client.stats.disconnected(R_AUTH)
-    client.ev.emit("disconnected", "reason", R_AUTH, "detail", detail, "up_ms", ticks_diff(now, t0))
-    return False
+    return None
 
 
 async def _exchange(net, auth, sock, pre):

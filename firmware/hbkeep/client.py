@@ -8,7 +8,7 @@
 # reads into one buffer, echoes written from where the bytes lie, and waiting on the poller only when
 # a read finds nothing.
 from . import compat
-from .compat import const, ticks_ms, ticks_diff, sleep_ms, upcase
+from .compat import const, ticks_ms, sleep_ms, upcase
 from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE, ERROR
 from .link import BEAT, SILENT, STALLED
 
@@ -58,7 +58,7 @@ class Client:
     _detail: "str | None"
     _rx_task: "Any"
     _beat_task: "Any"  # finishes a beat the socket took only part of
-    failing: "FailureRun | None"
+    failing: "FailureRun | None"  # a run of failures (repeats.py): kept through a session only on probation
     on_data: "Any"
     _app_hdr: "bytearray | None"
     _app_task: "Any"  # finishes an application frame the socket took only part of
@@ -175,10 +175,11 @@ class Client:
             now = ticks_ms()
             self.link.down(now)
             self.stats.disconnected(self._reason)
-            self.ev.emit(
-                "disconnected", "reason", self._reason, "detail", self._detail,
-                "up_ms", ticks_diff(now, self.link.since),
-            )
+            # The lines are the connect path's, loaded again now for the next attempt anyway: a session
+            # lost within its first beat period counts as one more failure of a run (repeats.py).
+            from . import dial
+
+            dial.ended(self, now)
 
     async def _guarded(self, coro, where):
         # A task that dies of an exception would leave the session half-alive (no beats, no silence
@@ -405,11 +406,9 @@ class Client:
                 await sleep_ms(0)
 
     def _protocol_error(self, dec):
+        # The `protocol_error` line comes with the session's end (dial.report_end), from what dec keeps.
         self.stats.protocol_errors += 1
         self._detail = "%s=%d" % (dec.error_field, dec.error_value)
-        self.ev.emit(
-            "protocol_error", "field", dec.error_field, "value", dec.error_value, "reason", dec.error_reason,
-        )
 
     # -- the application's side (docs/APP.md): in appio.py, loaded only by an application that uses it
     def is_connected(self):

@@ -10,6 +10,7 @@ import errno
 
 from . import compat
 from .compat import const, ticks_ms, ticks_diff, sleep_ms
+from .client import R_AUTH, R_PROTOCOL, R_STOP
 
 TYPE_CHECKING = const(False)  # const: MicroPython compiles the block below away, names and all
 if TYPE_CHECKING:  # for mypy only
@@ -23,8 +24,7 @@ async def attempt(client: "Client"):
     """One attempt, the link being up: a connected socket (TLS and authentication done where configured)
     ready for a session, or None once the failure is reported and the link told. A socket returned means
     the connect path is forgotten: the caller holds no reference to this module through the session."""
-    if client.addr is None and not resolve(client):
-        client.link.connect_failed()
+    if client.addr is None and not await lookup(client):
         return None
     sock = await connect(client)
     if sock is not None:
@@ -33,19 +33,48 @@ async def attempt(client: "Client"):
     return sock
 
 
-def failed(client: "Client", now, reason):
-    """True when this failure gets its own line; else maybe a summary line is due instead."""
+def failing(client: "Client"):
+    """The client's run of failures (repeats.FailureRun), made at its first failure: a device that connects
+    at once never loads repeats.py."""
     run = client.failing
     if run is None:
-        # Made at the first failure: a device that connects at once never loads repeats.py.
         from .repeats import FailureRun
 
         run = client.failing = FailureRun(client.cfg.verbose)
-    if run.failed(now, reason):
+    return run
+
+
+def failed(client: "Client", now, reason, session=False, shown=False):
+    """True when this failure gets its own line; else maybe a summary line is due instead.
+    session: a connection lost on probation (shown: its `connected` line was printed)."""
+    run = failing(client)
+    if run.failed(now, reason, session, shown):
         return True
     if run.summary_due(now):
         client.ev.emit("connect_failing", *run.summary(now))
     return False
+
+
+def say(client: "Client", line):
+    """Print an event line of the connection being made (a tuple: name, then keys and values), or hold
+    it back with the connection's `connected` line (repeats.py)."""
+    run = client.failing
+    if run is not None and run.held is not None:
+        run.held.append(line)
+    else:
+        client.ev.emit(*line)
+
+
+async def lookup(client: "Client"):
+    """Resolve the current server's name, waiting first while failed lookups back off (repeats.py)."""
+    run = client.failing
+    if run is not None:
+        left = run.lookup_left(ticks_ms())
+        if left > 0:
+            await client.pause(left)
+            if not client.net.link_up():
+                return False
+    return resolve(client)
 
 
 def resolve(client: "Client"):
@@ -56,9 +85,14 @@ def resolve(client: "Client"):
     except OSError as e:
         client.stats.connect_failed("resolve")
         name = compat.errno_name(e)
-        if failed(client, ticks_ms(), name):
-            client.ev.emit("resolve_failed", "host", cfg.host, "error", name)
+        now = ticks_ms()
+        wait = failing(client).lookup_failed(now, cfg.retry_ms)
+        if failed(client, now, name):
+            client.ev.emit("resolve_failed", "host", cfg.host, "error", name, "retry_ms", wait)
         return False
+    run = client.failing
+    if run is not None:
+        run.lookup_ms = 0  # the next failed lookup starts again from retry_ms
     client.ev.emit("resolved", "host", cfg.host, "addr", net.addr_str(client.addr))
     return True
 
@@ -97,6 +131,14 @@ async def connect(client: "Client"):
                 "connect_failed", "attempt", st.attempts, "reason", reason, "took_ms", ticks_diff(now, t0),
             )
         return None
+    run = client.failing
+    if run is not None:
+        # A run of failures goes on through the connection's probation (repeats.py). Its lines either wait
+        # with it, or come now: the failures not yet reported first, then this connection's lines.
+        if run.holds():
+            run.held = []
+        elif run.count > run.reported:
+            client.ev.emit("connect_failing", *run.summary(ticks_ms()))
     from . import sockopts
 
     applied, lacking, failed_opts = sockopts.apply(net, sock, client.board.get("sockopts", {}), cfg)
@@ -114,28 +156,80 @@ async def connect(client: "Client"):
 
         sock, pre = await tls.start(client, sock, t0, auth)
         if sock is None:
+            if run is not None:
+                run.held = None  # a failed connect: nothing of it is printed but its failure
             return None
-    # A run of failures ends with a connection, not a TCP one. The run's object goes with it: the next
-    # failure starts a new one, and nothing of repeats.py stays in the heap through the session.
-    run = client.failing
-    if run is not None:
-        client.failing = None
-        summary = run.ended(ticks_ms())
-        if summary is not None:
-            client.ev.emit("connect_failing", *summary)
     st.connects += 1
-    client.ev.emit(
+    say(client, (
         "connected", "addr", net.addr_str(addr), "attempt", st.attempts,
         "took_ms", ticks_diff(ticks_ms(), t0), "applied", ",".join(applied),
         "lacking", ",".join(lacking), "failed", ",".join(failed_opts),
-    )
+    ))
     if auth is not None:
         client._bump()
         from . import authio  # the exchange's driver: loaded only by a device that authenticates
 
-        if not await authio.authenticate(client, auth, sock, pre):
+        t1 = ticks_ms()
+        detail = await authio.authenticate(client, auth, sock, pre)
+        now = ticks_ms()
+        if detail is not None:
+            # The server did not prove the key: a connection lost before its session began.
+            net.close(sock)
+            client.link.connect_failed()
+            st.disconnected(R_AUTH)
+            lost(client, now, R_AUTH, detail, ticks_diff(now, t1))
             return None
+        say(client, ("authenticated", "id", cfg.auth_id, "took_ms", ticks_diff(now, t1)))
+    if run is not None:
+        # The session starts as soon as this returns; its probation ends the run once it has lasted a beat.
+        from .repeats import probation
+
+        run.task = compat.create_task(probation(client, run, st.connects))
     return sock
+
+
+# -- the end of a session ------------------------------------------------------------------------------
+def ended(client: "Client", now):
+    """A session's end (Client._session, the socket closed and Link.down told): its lines, or its place in
+    the run of failures when it did not outlive its probation."""
+    reason = client._reason
+    detail = client._detail
+    link = client.link
+    up_ms = ticks_diff(now, link.since)
+    run = client.failing
+    if run is not None and run.task is not None:
+        run.task.cancel()
+        run.task = None
+    # Link.down's verdict: failures is 0 after a session that lasted at least one beat period.
+    if link.failures == 0 or reason == R_STOP:
+        if run is not None:
+            from .repeats import end
+
+            end(client, run, now)  # a held `connected` line comes before its `disconnected`
+        report_end(client, reason, detail, up_ms)
+        return
+    lost(client, now, reason, detail, up_ms)
+
+
+def lost(client: "Client", now, reason, detail, up_ms):
+    """A connection lost on probation: a failure of the run, printed in full only if its `connected` line
+    was."""
+    run = failing(client)
+    shown = run.held is None
+    run.held = None
+    if failed(client, now, reason, True, shown):
+        report_end(client, reason, detail, up_ms)
+
+
+def report_end(client: "Client", reason, detail, up_ms):
+    dec = client.dec
+    if reason == R_PROTOCOL and dec is not None and dec.error_field is not None:
+        # Printed here rather than where the decoder found it, so that a server sending garbage at every
+        # connection is summarised with the rest; the decoder keeps it until the next session.
+        client.ev.emit(
+            "protocol_error", "field", dec.error_field, "value", dec.error_value, "reason", dec.error_reason,
+        )
+    client.ev.emit("disconnected", "reason", reason, "detail", detail, "up_ms", up_ms)
 
 
 # -- compat.LwipNet's connect side ---------------------------------------------------------------------

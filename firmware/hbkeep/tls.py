@@ -173,7 +173,8 @@ async def start(client, raw, t0, auth=None):
         raise
     now = compat.ticks_ms()
     if reason is None:
-        client.ev.emit("tls_ready", "took_ms", compat.ticks_diff(now, t0), "server_hostname", hostname)
+        # Held back with the `connected` line it precedes while a run of failures holds that (dial.say).
+        dial.say(client, ("tls_ready", "took_ms", compat.ticks_diff(now, t0), "server_hostname", hostname))
         return sock, n if n > 0 else 0
     if sock is not None:
         net.close(sock)
