@@ -24,8 +24,15 @@ async def attempt(client: "Client"):
     """One attempt, the link being up: a connected socket (TLS and authentication done where configured)
     ready for a session, or None once the failure is reported and the link told. A socket returned means
     the connect path is forgotten: the caller holds no reference to this module through the session."""
-    if client.addr is None and not await lookup(client):
-        return None
+    if client.addr is None:
+        run = client.failing
+        left = run.lookup_left(ticks_ms()) if run is not None else 0
+        if left > 0:  # failed lookups back off (repeats.py): wait out the rest
+            await client.pause(left)
+            if not client.net.link_up():
+                return None
+        if not resolve(client):
+            return None
     sock = await connect(client)
     if sock is not None:
         for name in _CONNECT_ONLY:
@@ -63,18 +70,6 @@ def say(client: "Client", line):
         run.held.append(line)
     else:
         client.ev.emit(*line)
-
-
-async def lookup(client: "Client"):
-    """Resolve the current server's name, waiting first while failed lookups back off (repeats.py)."""
-    run = client.failing
-    if run is not None:
-        left = run.lookup_left(ticks_ms())
-        if left > 0:
-            await client.pause(left)
-            if not client.net.link_up():
-                return False
-    return resolve(client)
 
 
 def resolve(client: "Client"):

@@ -36,9 +36,10 @@ class FailureRun:
         self.last_reason = None
         self.held = None  # lines held back with a `connected` line (see above): a list, or None
         self.task = None  # the probation task of the session now up, if any
-        # Name lookups: the wait after the last failed one (0: none failed since the last success), and when.
+        # Name lookups: the wait after the last failed one (0: none failed since the last success), and
+        # the tick before which the next one does not go out.
         self.lookup_ms = 0
-        self.lookup_at = 0
+        self.lookup_next = 0
 
     def failed(self, now, reason, session=False, shown=False):
         """Count one failure (session: a connection lost on probation; shown: its `connected` line was
@@ -71,14 +72,12 @@ class FailureRun:
         if wait > cap:
             wait = cap
         self.lookup_ms = wait
-        self.lookup_at = now
+        self.lookup_next = ticks_add(now, wait)
         return wait
 
     def lookup_left(self, now):
         """ms still to wait before the next name lookup may go out (0: now)."""
-        if self.lookup_ms == 0:
-            return 0
-        left = self.lookup_ms - ticks_diff(now, self.lookup_at)
+        left = ticks_diff(self.lookup_next, now) if self.lookup_ms else 0
         return left if left > 0 else 0
 
     def holds(self):
