@@ -43,6 +43,9 @@ def test_a_host_label_over_63_characters_is_a_resolve_failure_not_the_end():
     (OSError("[addrinfo error -2]"), "EAI_NONAME"),  # the MicroPython unix port's form
     (OSError("[addrinfo error -3]"), "EAI_AGAIN"),
     (OSError(202), "EAI_FAIL"),  # lwIP's netdb numbers
+    (OSError(-202), "EAI_FAIL"),  # esp32: lwip_getaddrinfo's answer negated (ports/esp32/modsocket.c)
+    (OSError(-200), "EAI_NONAME"),
+    (OSError(-2), "EAI_NONAME"),  # rp2: extmod/modlwip.c's lookup callback found no address
     (OSError(errno.ENOMEM, "x"), "ENOMEM"),
     (OSError("[addrinfo error -77]"), "EAI_-77"),
 ])

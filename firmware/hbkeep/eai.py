@@ -4,7 +4,9 @@
 from .compat import errno_name
 
 # getaddrinfo's failures by number: glibc's (negative; CPython's socket.gaierror and the MicroPython unix
-# port's "[addrinfo error N]") and lwIP's netdb.h (positive, from 200).
+# port's "[addrinfo error N]"; rp2's OSError(-2) for a lookup lwIP's resolver gave up on lands on
+# EAI_NONAME too) and lwIP's netdb.h (from 200: positive as lwIP defines them, negative as the esp32 port
+# raises them -- it negates lwip_getaddrinfo's answer, EAI_FAIL for any failed query).
 _EAI = {
     -1: "EAI_BADFLAGS", -2: "EAI_NONAME", -3: "EAI_AGAIN", -4: "EAI_FAIL", -5: "EAI_NODATA",
     -6: "EAI_FAMILY", -7: "EAI_SOCKTYPE", -8: "EAI_SERVICE", -9: "EAI_ADDRFAMILY", -10: "EAI_MEMORY",
@@ -25,6 +27,8 @@ def name(e):
             return "EAI_FAIL"
     if n in _EAI:
         return _EAI[n]
+    if -n in _EAI and n <= -200:  # esp32: lwIP's number, negated
+        return _EAI[-n]
     return errno_name(e) if isinstance(e.args[0] if e.args else 0, int) else "EAI_%d" % n
 
 
