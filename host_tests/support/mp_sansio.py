@@ -17,6 +17,7 @@ from hbkeep.protocol_host import encode  # noqa: E402
 from hbkeep.config import Config, ConfigError, TICKS_SPAN_MAX  # noqa: E402
 from hbkeep.events import Stats  # noqa: E402
 from hbkeep.link import Link  # noqa: E402
+from hbkeep.repeats import FailureRun, LOOKUP_MAX_MS  # noqa: E402
 
 BOARD_WIDTHS = compat.MICROPYTHON and sys.maxsize < (1 << 31)  # the 32-bit tier
 if compat.MICROPYTHON:
@@ -210,6 +211,39 @@ def check_link_across_the_tick_wrap():
     link.reading_paused(now)
     link.reading_resumed(add(now, 5000))  # ticks_add of a measured span: must not overflow
     check(diff(link.last_rx, now) == 5000, "pause span")
+
+
+def check_failure_run_counts_sessions_and_backs_off_lookups():
+    run = FailureRun(first=2, summary_ms=1000)
+    check(run.failed(0, "ECONNREFUSED") and run.failed(100, "eof", True, True), "first two in full")
+    check(run.holds(), "a run past its first lines that lost a session holds the next connection's lines")
+    check(not run.failed(200, "eof", True) and run.summary_due(1000), "quiet, then a summary")
+    f = run.summary(1000)
+    got = {}
+    for i in range(0, len(f), 2):
+        got[f[i]] = f[i + 1]
+    check(got["failures"] == 3 and got["unreported"] == 1 and got["sessions"] == 2, "summary %r" % (got,))
+    check(got["reasons"] == "ECONNREFUSED:1,eof:2", "reasons %r" % got["reasons"])
+    check(run.failed(1100, "eof", True, True), "a shown connection's end is printed")
+    # Lookups: retry_ms doubling to the cap; reset on success; a long retry_ms is kept.
+    waits = [run.lookup_failed(0, 100) for _ in range(8)]
+    check(waits == [100, 200, 400, 800, 1600, 3200, LOOKUP_MAX_MS, LOOKUP_MAX_MS], "waits %r" % waits)
+    run.lookup_ms = 0
+    check(run.lookup_failed(0, 3600000) == 3600000, "retry_ms above the cap")
+    check(run.lookup_failed(0, 3600000) == 3600000, "and it stays, with no big int on the way")
+    if BOARD_WIDTHS:
+        # The next lookup's time across the 2^30 ms tick wrap.
+        add, diff = time.ticks_add, time.ticks_diff
+        run.lookup_ms = 0
+        now = add(0, -50)
+        run.lookup_failed(now, 100)
+        check(run.lookup_left(now) == 100 and run.lookup_left(add(now, 60)) == 40, "left across the wrap")
+        check(run.lookup_left(add(now, 100)) == 0 and run.lookup_left(add(now, 5000)) == 0, "due across the wrap")
+        check(diff(run.lookup_next, now) == 100, "next across the wrap")
+    many = FailureRun()
+    for i in range(12):
+        many.failed(i, "E%d" % i)
+    check(len(many.reasons) == 9 and many.reasons["other"] == 4, "reasons capped: %r" % (many.reasons,))
 
 
 def main():
