@@ -70,8 +70,14 @@ MUTANTS = {
         "                continue",
         [H + "test_a_failing_part_stops_the_server_instead_of_leaving_it_half_alive"]),
     "connect_failures_not_summarised": (
-        "firmware/hbkeep/repeats.py", "if self.verbose or self.count <= self.first:", "if True:",
+        "firmware/hbkeep/repeats.py", "if shown or self.verbose or self.count <= self.first:", "if True:",
         ["host_tests/test_client_hardening.py::test_a_server_down_for_a_minute_costs_a_few_lines_not_six_hundred"]),
+    "short_sessions_not_counted": (
+        "firmware/hbkeep/dial.py", "if link.failures == 0 or reason == R_STOP:", "if True:",
+        ["host_tests/test_repeats.py::test_a_server_that_drops_every_connection_costs_a_few_lines_not_a_pair_every_100ms"]),
+    "lookups_not_backed_off": (
+        "firmware/hbkeep/repeats.py", "wait = retry_ms if wait == 0 else wait + wait", "wait = retry_ms",
+        ["host_tests/test_repeats.py::test_failed_lookups_back_off_to_seconds_and_connect_retries_stay_at_100ms"]),
     "trailing_comma_accepted": (
         "firmware/hbkeep/strictjson.py", "            if self.peek(\"a value\") == 0x5D:\n                self.fail(\"trailing comma\")",
         "            if self.peek(\"a value\") == 0x5D:\n                self.i += 1\n                return out",
