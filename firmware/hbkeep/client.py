@@ -117,7 +117,16 @@ class Client:
         sock = await dial.attempt(self)
         del dial  # nor does this frame hold it through the session
         if sock is not None:
-            await self._session(sock)
+            try:
+                await self._session(sock)
+            finally:
+                # The session's end is told to the link and printed by repeats.py, loaded for a failure
+                # anyway: a session lost within its first beat period is one more failure of a run. Here,
+                # not in _session, so that the session's tasks and frame are garbage by the time the module
+                # loads (stopped: the end is still printed).
+                from .repeats import ended
+
+                ended(self)
         if self.rot:  # a failed attempt or an ended session: on to the next server
             self.addr = self.rot.next(self.addr)
 
@@ -172,14 +181,6 @@ class Client:
             self._tx_idle.set()
             self.net.close(sock)
             self.sock = None
-            now = ticks_ms()
-            self.link.down(now)
-            self.stats.disconnected(self._reason)
-            # The lines are the connect path's, loaded again now for the next attempt anyway: a session
-            # lost within its first beat period counts as one more failure of a run (repeats.py).
-            from . import dial
-
-            dial.ended(self, now)
 
     async def _guarded(self, coro, where):
         # A task that dies of an exception would leave the session half-alive (no beats, no silence

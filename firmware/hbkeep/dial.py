@@ -10,7 +10,7 @@ import errno
 
 from . import compat
 from .compat import const, ticks_ms, ticks_diff, sleep_ms
-from .client import R_AUTH, R_PROTOCOL, R_STOP
+from .client import R_AUTH
 
 TYPE_CHECKING = const(False)  # const: MicroPython compiles the block below away, names and all
 if TYPE_CHECKING:  # for mypy only
@@ -40,28 +40,6 @@ async def attempt(client: "Client"):
     return sock
 
 
-def failing(client: "Client"):
-    """The client's run of failures (repeats.FailureRun), made at its first failure: a device that connects
-    at once never loads repeats.py."""
-    run = client.failing
-    if run is None:
-        from .repeats import FailureRun
-
-        run = client.failing = FailureRun(client.cfg.verbose)
-    return run
-
-
-def failed(client: "Client", now, reason, session=False, shown=False):
-    """True when this failure gets its own line; else maybe a summary line is due instead.
-    session: a connection lost on probation (shown: its `connected` line was printed)."""
-    run = failing(client)
-    if run.failed(now, reason, session, shown):
-        return True
-    if run.summary_due(now):
-        client.ev.emit("connect_failing", *run.summary(now))
-    return False
-
-
 def say(client: "Client", line):
     """Print an event line of the connection being made (a tuple: name, then keys and values), or hold
     it back with the connection's `connected` line (repeats.py)."""
@@ -81,6 +59,8 @@ def resolve(client: "Client"):
         client.stats.connect_failed("resolve")
         name = compat.errno_name(e)
         now = ticks_ms()
+        from .repeats import failing, failed
+
         wait = failing(client).lookup_failed(now, cfg.retry_ms)
         if failed(client, now, name):
             client.ev.emit("resolve_failed", "host", cfg.host, "error", name, "retry_ms", wait)
@@ -121,6 +101,8 @@ async def connect(client: "Client"):
         st.connect_failed(reason)
         client.link.connect_failed()
         now = ticks_ms()
+        from .repeats import failed
+
         if failed(client, now, reason):
             client.ev.emit(
                 "connect_failed", "attempt", st.attempts, "reason", reason, "took_ms", ticks_diff(now, t0),
@@ -172,6 +154,8 @@ async def connect(client: "Client"):
             net.close(sock)
             client.link.connect_failed()
             st.disconnected(R_AUTH)
+            from .repeats import lost
+
             lost(client, now, R_AUTH, detail, ticks_diff(now, t1))
             return None
         say(client, ("authenticated", "id", cfg.auth_id, "took_ms", ticks_diff(now, t1)))
@@ -181,50 +165,6 @@ async def connect(client: "Client"):
 
         run.task = compat.create_task(probation(client, run, st.connects))
     return sock
-
-
-# -- the end of a session ------------------------------------------------------------------------------
-def ended(client: "Client", now):
-    """A session's end (Client._session, the socket closed and Link.down told): its lines, or its place in
-    the run of failures when it did not outlive its probation."""
-    reason = client._reason
-    detail = client._detail
-    link = client.link
-    up_ms = ticks_diff(now, link.since)
-    run = client.failing
-    if run is not None and run.task is not None:
-        run.task.cancel()
-        run.task = None
-    # Link.down's verdict: failures is 0 after a session that lasted at least one beat period.
-    if link.failures == 0 or reason == R_STOP:
-        if run is not None:
-            from .repeats import end
-
-            end(client, run, now)  # a held `connected` line comes before its `disconnected`
-        report_end(client, reason, detail, up_ms)
-        return
-    lost(client, now, reason, detail, up_ms)
-
-
-def lost(client: "Client", now, reason, detail, up_ms):
-    """A connection lost on probation: a failure of the run, printed in full only if its `connected` line
-    was."""
-    run = failing(client)
-    shown = run.held is None
-    run.held = None
-    if failed(client, now, reason, True, shown):
-        report_end(client, reason, detail, up_ms)
-
-
-def report_end(client: "Client", reason, detail, up_ms):
-    dec = client.dec
-    if reason == R_PROTOCOL and dec is not None and dec.error_field is not None:
-        # Printed here rather than where the decoder found it, so that a server sending garbage at every
-        # connection is summarised with the rest; the decoder keeps it until the next session.
-        client.ev.emit(
-            "protocol_error", "field", dec.error_field, "value", dec.error_value, "reason", dec.error_reason,
-        )
-    client.ev.emit("disconnected", "reason", reason, "detail", detail, "up_ms", up_ms)
 
 
 # -- compat.LwipNet's connect side ---------------------------------------------------------------------

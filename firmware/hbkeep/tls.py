@@ -181,7 +181,9 @@ async def start(client, raw, t0, auth=None):
     net.close(raw)  # a failed MicroPython handshake detaches the TLS socket from it: close it too
     client.stats.connect_failed(reason)
     client.link.connect_failed()
-    if dial.failed(client, now, reason):  # a server with a bad certificate fails every attempt: summarised too
+    from .repeats import failed
+
+    if failed(client, now, reason):  # a server with a bad certificate fails every attempt: summarised too
         client.ev.emit(
             "connect_failed", "attempt", client.stats.attempts, "reason", reason, "detail", detail,
             "took_ms", compat.ticks_diff(now, t0),
