@@ -4,11 +4,12 @@ growing pause, the status LED, and no password in any line. CPython with a virtu
 import asyncio
 import json
 import os
+import re
 import subprocess
 
 import pytest
 
-from firmware.hbkeep import compat, runner
+from firmware.hbkeep import compat, runner, start
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
@@ -88,6 +89,50 @@ def test_a_config_error_never_prints_the_wifi_password(flash, capsys):
     write({"wifi": {"ssid": "lab", "password": "hunter2", "pasword": "hunter2"}}, board("unix"))
     rc, lines = run_main(capsys)
     assert rc == 2 and "wifi.pasword" in lines[0] and "hunter2" not in "\n".join(lines)
+
+
+# -- what stays on the heap after start -------------------------------------------------------------
+def test_prepare_hands_on_only_the_board_entries_read_after_start(flash):
+    root, write = flash
+    full = board("unix", socket=dict(board("unix")["socket"], pending=[7, 8]))
+    write({"port": 1}, full)
+    cfg, table, client = runner.prepare("config.json", "board.json")
+    assert client.board is table
+    assert "about" in full and "about" not in table and "socket" not in table
+    assert sorted(table) == sorted(k for k in start.RUNNING_KEYS if k in full)
+    assert table["name"] == "unix" and table["sockopts"] == full["sockopts"]
+    # What the start-up read from the dropped entries is in force all the same: the port's socket answers.
+    assert client.net.pending == (7, 8)
+
+
+def board_keys_read(path):
+    with open(path) as f:
+        return set(re.findall(r"""board(?:\.get\(|\[)["'](\w+)["']""", f.read()))
+
+
+def test_every_board_key_the_package_reads_after_start_is_kept():
+    package = os.path.join(FIRMWARE_DIR, "hbkeep")
+    running, start_only = set(start.RUNNING_KEYS), set(start.START_KEYS)
+    assert not running & start_only
+    seen = set()
+    for name in sorted(os.listdir(package)):
+        if not name.endswith(".py"):
+            continue
+        keys = board_keys_read(os.path.join(package, name))
+        seen |= keys
+        # start.py and wdtpark.resume (boot.py) read the table before the client exists; client.py and
+        # compat.Net read "socket" only while the client is built (in start.prepare).
+        if name in ("start.py", "wdtpark.py"):
+            allowed = running | start_only
+        elif name in ("client.py", "compat.py"):
+            allowed = running | {"socket"}
+        else:
+            allowed = running
+        assert keys <= allowed, "%s reads %s, dropped from the table after start" % (name, sorted(keys - allowed))
+    assert {"name", "sockopts", "led_pin", "wdt_park_ms", "socket", "boot_hold_pin"} <= seen  # the regex finds reads
+    for name in os.listdir(BOARDS_DIR):
+        table = board(name)
+        assert set(table) <= running | start_only, "%s: unclassified keys %s" % (name, sorted(set(table) - running - start_only))
 
 
 # -- restarts ------------------------------------------------------------------------------------

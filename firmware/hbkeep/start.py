@@ -1,10 +1,20 @@
 # Start-up, run once by runner.main and then forgotten, so that its code leaves the heap: the stop
-# switches, the board table, the config, the client.
+# switches, the board table, the config, the client; then, loaded once more by runner.Firmware, the
+# services around the client.
 from . import compat
 from .runner import Settings, OK
 
 NOBOOT_FILE = "noboot"  # at the root of the board's flash: main.py starts nothing
 BAD_FILE = 2  # exit code of a host run with a bad board or config file (a board ignores it)
+
+# The board table's entries read once the client exists: by the services set up below, the client
+# (name, sockopts) and the watchdog's parking (wdt_*). Only these stay on the heap; the rest -- the
+# description, the socket section (compat.Net has copied what it needs), the boot-hold pin -- is read
+# before and dropped. host_tests/test_runner.py fails naming any key the package reads that is in
+# neither list.
+RUNNING_KEYS = ("name", "sockopts", "wifi", "wifi_pm", "wifi_rejoins", "watchdog", "wdt_max_ms", "wdt_park_ms",
+                "rtc", "led_pin", "led_active_low")
+START_KEYS = ("about", "mpy_arch", "boot_hold_pin", "boot_hold_level", "socket", "wdt_running_reg")
 
 
 def _line(body):
@@ -92,7 +102,12 @@ def prepare(config_path, board_path):
         # allocated is the config's fault, and the key that sized it is named.
         compat.collect()
         return _fail("config_error", "%s: %s" % (config_path, buffer_hint(cfg)))
+    board = client.board = running_table(board)
     return cfg, board, client
+
+
+def running_table(board):
+    return {key: board[key] for key in RUNNING_KEYS if key in board}
 
 
 def buffer_hint(cfg):
@@ -105,3 +120,40 @@ def buffer_hint(cfg):
         need = max(cfg.rx_buf, frame) + frame
     return "%s=%d: buffers of %d bytes do not fit in the heap (%d bytes free); lower %s" % (
         key, getattr(cfg, key), need, compat.mem_free(), key)
+
+
+def services(fw):
+    """The services around the client, each where the board table has it (the unix board has no Wi-Fi,
+    watchdog or LED), as (name, coroutine function, arguments) for runner.Firmware.keep; the client last.
+    Bound methods and module functions only: a closure made here would keep this module on the heap."""
+    cfg = fw.cfg
+    board = fw.board
+    client = fw.client
+    ev = client.ev
+    jobs = []
+    if board.get("wifi") and cfg.wifi_ssid:
+        from .wifi import Station
+
+        station = Station(cfg, board, ev)
+        client.net.link_up = station.up  # no DNS or connect while the station has no IP
+        jobs.append(("wifi", station.keep, ()))
+    if cfg.wdt_ms:
+        from . import watchdog
+
+        ms = watchdog.timeout_for(cfg, board, ev)
+        if ms:
+            fw.feeder = watchdog.Feeder(client, ms, ev)
+            jobs.append(("watchdog", fw.feeder.run, ()))
+    if cfg.tls_ca and board.get("rtc"):
+        # Certificate dates are checked against the RTC, which a board starts at its epoch: set it.
+        from . import sntp
+
+        jobs.append(("sntp", sntp.keep, (cfg.tls_ntp_host, ev, client.net.link_up)))
+    if board.get("led_pin") is not None and compat.machine_has("Pin"):
+        from .led import StatusLed
+
+        jobs.append(("led", StatusLed(board).show, (client,)))
+    if fw.app is not None:
+        jobs.append(("app", fw.app, (client,)))
+    jobs.append(("client", client.run, ()))
+    return jobs
