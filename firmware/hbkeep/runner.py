@@ -9,18 +9,17 @@
 # stays here is what runs for as long as the firmware does.
 from . import compat
 
-PAUSE_FIRST_MS = 1000
-PAUSE_MAX_MS = 60000
-STEADY_MS = 60000  # a service that ran this long before failing starts again from the first pause
-OK = 0  # exit code of a host run after an interrupt (a board ignores it)
+if not compat.MICROPYTHON:  # MicroPython substitutes const() while compiling; CPython calls it
+    const = int
+
+_PAUSE_FIRST_MS = const(1000)
+_PAUSE_MAX_MS = const(60000)
+STEADY_MS = const(60000)  # a service that ran this long before failing starts again from the first pause
+OK = const(0)  # exit code of a host run after an interrupt (a board ignores it)
 
 
 def next_pause(pause):
-    return PAUSE_FIRST_MS if pause == 0 else (pause * 2 if pause * 2 < PAUSE_MAX_MS else PAUSE_MAX_MS)
-
-
-class Settings:
-    """The validated config as plain attributes, free of the validator's class and module."""
+    return _PAUSE_FIRST_MS if pause == 0 else (pause * 2 if pause * 2 < _PAUSE_MAX_MS else _PAUSE_MAX_MS)
 
 
 def prepare(config_path, board_path):

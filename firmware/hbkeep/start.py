@@ -2,7 +2,7 @@
 # switches, the board table, the config, the client; then, loaded once more by runner.Firmware, the
 # services around the client.
 from . import compat
-from .runner import Settings, OK
+from .runner import OK
 
 NOBOOT_FILE = "noboot"  # at the root of the board's flash: main.py starts nothing
 BAD_FILE = 2  # exit code of a host run with a bad board or config file (a board ignores it)
@@ -44,6 +44,11 @@ def boot_hold(board):
     level = board.get("boot_hold_level", 0)
     pull = machine.Pin.PULL_UP if level == 0 else machine.Pin.PULL_DOWN
     return machine.Pin(pin, machine.Pin.IN, pull).value() == level
+
+
+class Settings:
+    """The validated config as plain attributes, free of the validator's class and module. A class
+    without methods refers to nothing of this module: its instance outlives the module's code."""
 
 
 def detach(cfg):
@@ -130,7 +135,7 @@ def services(fw):
     board = fw.board
     client = fw.client
     ev = client.ev
-    jobs = []
+    jobs: list = []  # (name, coroutine function, its arguments): each of its own kind
     if board.get("wifi") and cfg.wifi_ssid:
         from .wifi import Station
 
