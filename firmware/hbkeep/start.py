@@ -4,8 +4,10 @@
 from . import compat
 from .runner import OK
 
-NOBOOT_FILE = "noboot"  # at the root of the board's flash: main.py starts nothing
-BAD_FILE = 2  # exit code of a host run with a bad board or config file (a board ignores it)
+if not compat.MICROPYTHON:  # MicroPython substitutes const() while compiling; CPython calls it
+    const = int
+
+_BAD_FILE = const(2)  # exit code of a host run with a bad board or config file (a board ignores it)
 
 # The board table's entries read once the client exists: by the services set up below, the client
 # (name, sockopts) and the watchdog's parking (wdt_*). Only these stay on the heap; the rest -- the
@@ -74,13 +76,13 @@ def load_settings(path):
 
 def _fail(kind, text):
     _line("%s %s" % (kind, str(text).replace("\n", " ")))
-    return BAD_FILE
+    return _BAD_FILE
 
 
 def prepare(config_path, board_path):
     """(cfg, board, client) ready to run, or the exit code when nothing is to start. Whatever the files
     hold, this ends in one line (`autostart`, `board_error`, `config_error`) or a client: never a traceback."""
-    if _exists(NOBOOT_FILE):
+    if _exists("noboot"):  # at the root of the board's flash: main.py starts nothing
         _line("autostart state=off reason=noboot_file")
         return OK
     try:
