@@ -234,6 +234,9 @@ def test_process_fed_while_running_and_parked_through_interrupt_and_soft_reset(a
             fw.wait_event("connected", timeout=20)
             on = [e.fields for e in fw.events if e.name == "watchdog"]
             assert on == [{"state": "on", "timeout_ms": "400", "quiet_max_ms": "400"}]
+            # The feeder forgets the parking module until an interrupt needs it (CPython keeps modules).
+            running = fw.wait_event("harness", timeout=10).fields
+            assert running == {"what": "running", "parking_loaded": "1" if any_runtime == "cpython" else "0"}
             # Two seconds (five timeouts) of beating: never unfed past the timeout.
             fw.expect_no_event("sim", 2.0)
             fw.proc.send_signal(signal.SIGINT)  # Ctrl-C, as mpremote sends it

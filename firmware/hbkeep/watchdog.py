@@ -4,9 +4,12 @@
 # `progress` on every pass of its connection loop and of its supervisor, and never sleeps longer than
 # `pulse_ms` (set here) in one go. So the board resets both when something blocks the scheduler (the
 # feeder cannot run) and when a task hangs while the scheduler runs on (the counter stops).
+#
+# Parking (wdtpark.py) is needed twice, when the feeder takes over from a watchdog that boot.py parked
+# and when the user interrupts the firmware: the module is loaded for each and forgotten in between, so
+# that it holds no heap while the firmware runs.
 from . import compat
 from .compat import ticks_ms, ticks_diff, sleep_ms
-from . import wdtpark
 
 
 def timeout_for(cfg, board, ev):
@@ -50,8 +53,11 @@ class Feeder:
 
     async def run(self):
         import machine
+        from . import wdtpark
 
         wdtpark.unpark()  # from a parked watchdog (boot.py) to ours
+        del wdtpark  # this frame lives as long as the feeder: it must not hold the module
+        compat.forget_module("wdtpark")
         self.wdt = machine.WDT(timeout=self.timeout_ms)
         self.ev.emit("watchdog", "state", "on", "timeout_ms", self.timeout_ms, "quiet_max_ms", self.quiet_max_ms)
         client = self.client
@@ -78,6 +84,8 @@ class Feeder:
         """The user interrupted the firmware: keep the board alive under them (wdtpark.py)."""
         if self.wdt is not None:
             try:
+                from . import wdtpark  # loaded again: a few ms, well within the watchdog's timeout
+
                 wdtpark.park(board, reason, self._say)
             except Exception as e:  # said, so that a reset that follows is explained; the REPL stays free
                 self.ev.emit("watchdog", "state", "park_failed", "error", compat.exc_text(e))
