@@ -144,13 +144,12 @@ def services(fw):
         station = Station(cfg, board, ev)
         client.net.link_up = station.up  # no DNS or connect while the station has no IP
         jobs.append(("wifi", station.keep, ()))
-    if cfg.wdt_ms:
-        from . import watchdog
+    ms = watchdog_timeout(cfg, board, ev)
+    if ms:
+        from .watchdog import Feeder  # only where there is a watchdog to feed
 
-        ms = watchdog.timeout_for(cfg, board, ev)
-        if ms:
-            fw.feeder = watchdog.Feeder(client, ms, ev)
-            jobs.append(("watchdog", fw.feeder.run, ()))
+        fw.feeder = Feeder(client, ms, ev)
+        jobs.append(("watchdog", fw.feeder.run, ()))
     if cfg.tls_ca and board.get("rtc"):
         # Certificate dates are checked against the RTC, which a board starts at its epoch: set it.
         from . import sntp
@@ -164,3 +163,22 @@ def services(fw):
         jobs.append(("app", fw.app, (client,)))
     jobs.append(("client", client.run, ()))
     return jobs
+
+
+def watchdog_timeout(cfg, board, ev):
+    """The timeout to start the hardware watchdog (watchdog.py) with: cfg.wdt_ms clamped to the board's
+    limit; 0 for none."""
+    ms = cfg.wdt_ms
+    if not ms:
+        return 0
+    if not board.get("watchdog"):
+        ev.emit("watchdog", "state", "absent", "board", board.get("name"))
+        return 0
+    if not compat.machine_has("WDT"):  # a board's table run on the host
+        ev.emit("watchdog", "state", "absent", "board", board.get("name"), "reason", "no_machine_WDT")
+        return 0
+    limit = board.get("wdt_max_ms")
+    if limit and ms > limit:
+        ev.emit("watchdog", "state", "clamped", "asked_ms", ms, "timeout_ms", limit)
+        ms = limit
+    return ms
