@@ -9,7 +9,7 @@ import tools
 
 # Scripts run by path inside a MicroPython child, with their arguments on the command line: importing
 # them on the host is not how they are used.
-CHILD_SCRIPTS = {"tools.fwbench", "tools.tlsbench_child"}
+CHILD_SCRIPTS = {"tools.fwbench", "tools.fwheapmap", "tools.tlsbench_child"}
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(tools.__path__, "tools.")
                  if not m.name.endswith("__main__") and m.name not in CHILD_SCRIPTS)
