@@ -177,6 +177,42 @@ def test_a_failing_service_restarts_with_a_pause_that_grows_and_the_rest_runs_on
     assert rig.events("connected") and [e[1]["reason"] for e in rig.events("disconnected")] == ["stop"]
 
 
+def test_a_crash_of_the_loop_itself_is_an_event_and_the_same_services_start_again(monkeypatch):
+    # Services are set up once (start.py, then forgotten): a new loop after a crash of the loop itself
+    # starts the same ones again, with the pause, until an interrupt ends the firmware.
+    apps = []
+
+    async def app(client):
+        apps.append(client)
+        await asyncio.sleep(3600)
+
+    rig = Rig(board("unix"), [FakeConn(), FakeConn()], app=app)
+    jobs_seen, paused = [], []
+
+    def run(coro):
+        async def main():
+            task = asyncio.create_task(coro)
+            await asyncio.sleep(1)
+            task.cancel()
+
+        vloop.run(main())
+        jobs_seen.append(rig.fw.jobs)
+        if len(jobs_seen) == 1:
+            raise RuntimeError("the loop broke")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compat, "run", run)
+    monkeypatch.setattr(compat, "block_ms", paused.append)
+    monkeypatch.setattr(compat, "on_terminate", lambda: None)  # no signal handlers in the test process
+    monkeypatch.setattr(compat, "ignore_interrupts", lambda: None)
+    assert rig.fw.run() == runner.OK
+    assert rig.events("crash")[0][1] == {"task": "loop", "error": "RuntimeError:_the_loop_broke", "restart_ms": "1000"}
+    assert paused == [1000]
+    assert jobs_seen[0] is jobs_seen[1] and [job[0] for job in jobs_seen[0]] == ["app", "client"]
+    assert apps == [rig.client, rig.client] and len(rig.events("connected")) == 2
+    assert [e[1]["reason"] for e in rig.events("stopped")] == ["interrupt"]
+
+
 def test_a_service_that_ran_steadily_starts_again_from_the_first_pause():
     starts = []
 
