@@ -64,9 +64,6 @@ class Link:
         self.heard = True
         self.beats_unheard = 0
 
-    def beat_due(self, now):
-        return ticks_diff(now, self.next_beat) >= 0
-
     def beats_held(self):
         """True while a beat must not be written: the port's unacknowledged-write budget is spent."""
         return self.beats_unacked_max > 0 and self.beats_unheard >= self.beats_unacked_max
@@ -74,23 +71,11 @@ class Link:
     def beat_written(self):
         self.beats_unheard += 1
 
-    def beat_sent(self, now):
-        nxt = ticks_add(self.next_beat, self.beat_ms)
-        # After a long stall, beat on from now rather than sending a burst to catch up.
-        if ticks_diff(now, nxt) >= 0:
-            nxt = ticks_add(now, self.beat_ms)
-        self.next_beat = nxt
-
     def watching(self):
         return self.mode == STRICT or (self.mode == AUTO and self.heard)
 
     def silent_for(self, now):
         return ticks_diff(now, self.last_rx)
-
-    def silent(self, now):
-        # Not judged while the receiver is paused on a write of its own: the peer's bytes then sit
-        # unread in the socket. The stall rule covers that time.
-        return self.watching() and self.paused_at == _NEVER and ticks_diff(now, self.last_rx) >= self.limit_ms
 
     def reading_paused(self, now):
         self.paused_at = now
@@ -108,13 +93,6 @@ class Link:
     def tx_unblocked(self):
         self.tx_blocked_at = _NEVER
 
-    def stalled(self, now):
-        # A peer that stops reading leaves our writes blocked forever; on boards without TCP
-        # keepalive this is the only way to notice. Judged like silence, but regardless of `heard`.
-        if self.mode == OFF or self.tx_blocked_at == _NEVER:
-            return False
-        return ticks_diff(now, self.tx_blocked_at) >= self.limit_ms
-
     def stalled_for(self, now):
         return ticks_diff(now, self.tx_blocked_at)
 
@@ -122,16 +100,26 @@ class Link:
         """What the driver does now: SILENT, STALLED, BEAT or NOTHING, weighed in that order, so a
         dead link is reported before a beat is spent on it. After BEAT or NOTHING, self.wait holds
         the ms from `now` the driver may sleep before asking again. An int answer plus an int
-        attribute rather than a tuple: this runs every beat period and must not allocate on a board."""
-        if self.silent(now):
+        attribute rather than a tuple: this runs every beat period and must not allocate on a board.
+        Each rule is written out here rather than in a method of its own: on a board every method is
+        code and names on the heap for good. Tests ask decide() itself."""
+        # Silence: not judged while the receiver is paused on a write of its own (the peer's bytes then
+        # sit unread in the socket; the stall rule covers that time).
+        if self.watching() and self.paused_at == _NEVER and ticks_diff(now, self.last_rx) >= self.limit_ms:
             return SILENT
-        if self.stalled(now):
+        # A stall: a peer that stops reading leaves our writes blocked forever; on boards without TCP
+        # keepalive this is the only way to notice. Judged like silence, but regardless of `heard`.
+        if self.mode != OFF and self.tx_blocked_at != _NEVER and ticks_diff(now, self.tx_blocked_at) >= self.limit_ms:
             return STALLED
         act = NOTHING
-        if self.beats and self.beat_due(now):
+        if self.beats and ticks_diff(now, self.next_beat) >= 0:
             # Booked as sent even when the driver skips it (write side busy): a skipped beat is not
             # made up for, the next one comes beat_ms later as usual.
-            self.beat_sent(now)
+            nxt = ticks_add(self.next_beat, self.beat_ms)
+            # After a long stall, beat on from now rather than sending a burst to catch up.
+            if ticks_diff(now, nxt) >= 0:
+                nxt = ticks_add(now, self.beat_ms)
+            self.next_beat = nxt
             act = BEAT
         self.wait = self.wait_ms(now, self.beats)
         return act
