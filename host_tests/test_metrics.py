@@ -104,3 +104,32 @@ def test_busy_metrics_port_is_named():
                            cwd=root, capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert "--metrics-port 127.0.0.1:%d: Address already in use" % port in r.stderr, r.stderr
+
+
+def test_a_replaced_connection_is_counted_once_and_the_device_once():
+    from support.seckit import KEY, authenticate, open_device
+
+    async def main():
+        log = EventLog()
+        srv = HeartbeatServer(on_event=log, host="127.0.0.1", port=0, tick_ms=1000, summary_ms=0,
+                              auth_keys={"dev-1": KEY.hex()})
+        m = Metrics(0, "127.0.0.1")
+        srv.hooks.append(m)
+        await srv.start()
+        try:
+            conns = []
+            for _ in range(2):  # the same device twice: the second connection replaces the first
+                r, w = await open_device(srv.port)
+                await authenticate(r, w)
+                conns.append(w)
+            await log.wait("replaced")
+            s = await scrape(m.bound_port)
+            assert value(s, "hb_devices_online") == 1
+            assert value(s, "hb_connections_total") == 2
+            assert value(s, "hb_offline_total", reason="replaced") == 1
+            assert value(s, "hb_offline_total", reason="closed") == 0
+            for w in conns:
+                w.close()
+        finally:
+            await srv.stop()
+    run(main())

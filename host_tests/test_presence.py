@@ -97,21 +97,24 @@ async def _both_online(r, x, y):
     return await _state(r, x, "online") and await _state(r, y, "online")
 
 
+class FakeConn:
+    """What the presence hook reads of a connection; the server itself never sees it."""
+
+    def __init__(self, device_id, t):
+        self.device_id = device_id
+        self.name = "addr"
+        self.since = self.last_heard = t
+
+
 def test_device_moved_to_another_server_keeps_the_newer_record(store):
     # The same authenticated device connects to B while A has not yet noticed the old connection died:
     # A's late offline must not overwrite B's online record.
-    class FakeConn:
-        def __init__(self, device_id, t):
-            self.device_id = device_id
-            self.name = "addr"
-            self.since = self.last_heard = t
-
     async def main():
         r = aioredis.Redis(port=store.port, decode_responses=True)
         srv_a, pa, _ = await start_server(store.url, "A")
         srv_b, pb, _ = await start_server(store.url, "B")
         now = srv_a.loop.time()
-        old, new = FakeConn("dev-1", now), FakeConn("dev-1", now)
+        old, new = FakeConn("dev-1", now - 1.0), FakeConn("dev-1", now)  # the new one connected a second later
         pa.online(old)
         await pa.wait_flush()
         pb.online(new)
@@ -126,6 +129,57 @@ def test_device_moved_to_another_server_keeps_the_newer_record(store):
         assert (rec["state"], rec["server"], rec["reason"]) == ("offline", "B", "closed")
         await srv_a.stop()
         await srv_b.stop()
+        await r.aclose()
+    run(main())
+
+
+def test_an_older_connection_written_after_a_newer_one_loses_and_its_server_is_told(store):
+    # A's write for its (older) connection of dev-1 reaches the store after B's for a newer one -- A's flush
+    # was late. The store keeps B's record and answers A with B's id; A's server is told to let it go.
+    async def main():
+        r = aioredis.Redis(port=store.port, decode_responses=True)
+        srv_a, pa, _ = await start_server(store.url, "A")
+        srv_b, pb, _ = await start_server(store.url, "B")
+        told = []
+        srv_a.replaced_elsewhere = lambda conn, server: told.append((conn, server))
+        now = srv_a.loop.time()
+        older, newer = FakeConn("dev-1", now - 1.0), FakeConn("dev-1", now)
+        pb.online(newer)
+        await pb.wait_flush()
+        pa.online(older)
+        await pa.wait_flush()
+        rec = await record(r, "dev-1")
+        assert (rec["state"], rec["server"]) == ("online", "B")
+        assert told and told[0] == (older, "B")
+        # A then puts its connection offline (what replaced_elsewhere does): that write is dropped.
+        pa.offline(older, "replaced")
+        await pa.wait_flush()
+        assert (await record(r, "dev-1"))["server"] == "B"
+        await srv_a.stop()
+        await srv_b.stop()
+        await r.aclose()
+    run(main())
+
+
+def test_within_one_server_its_own_replacement_stands_whatever_the_wall_clock_says(store):
+    # The server replaced dev-1's connection itself; the wall clock stepped back in between (NTP), so the
+    # new connection's `since` is below the old one's. The store must still take the new one.
+    async def main():
+        r = aioredis.Redis(port=store.port, decode_responses=True)
+        srv, p, _ = await start_server(store.url, "A")
+        told = []
+        srv.replaced_elsewhere = lambda conn, server: told.append((conn, server))
+        now = srv.loop.time()
+        old, new = FakeConn("dev-1", now), FakeConn("dev-1", now - 5.0)
+        p.online(old)
+        await p.wait_flush()
+        conn_old = (await record(r, "dev-1"))["conn"]
+        p.offline(old, "replaced")
+        p.online(new)
+        await p.wait_flush()
+        rec = await record(r, "dev-1")
+        assert rec["state"] == "online" and rec["conn"] != conn_old and not told
+        await srv.stop()
         await r.aclose()
     run(main())
 

@@ -156,7 +156,7 @@ def test_fleet_speaks_tls_and_authenticates(pki, tmp_path):
     from support.seckit import KEY, OTHER_KEY, write_keys
     from tools.paths import REPO as ROOT
 
-    keys = write_keys(tmp_path / "keys.json", {"dev-1": KEY, "dev-2": OTHER_KEY})
+    keys = write_keys(tmp_path / "keys.json", {"dev-1": KEY, "dev-2": OTHER_KEY, "dev-3": KEY})
     srv = HbServerProc("--tick-ms", "200", "--summary-ms", "0", "--auth-keys", keys, *pki.server_args(),
                        as_json=True)
     try:
@@ -168,12 +168,29 @@ def test_fleet_speaks_tls_and_authenticates(pki, tmp_path):
         report = [line for line in out.stdout.splitlines() if " fleet_report " in line][0]
         assert " connects=3 " in report and " device_errors=0" in report
         onl = [e for e in srv.events if e.name == "online"] or [srv.wait_event("online", timeout=15, past=True)]
-        assert {e.fields["client"] for e in onl} <= {"dev-1", "dev-2"}
+        assert {e.fields["client"] for e in onl} <= {"dev-1", "dev-2", "dev-3"}
     finally:
         assert srv.stop() == 0
     assert int(srv.wait_event("stopped", timeout=15, past=True).fields["beats"]) > 0
-    assert not [e for e in srv.events if e.name in ("auth_failed", "tls_failed")]
+    assert not [e for e in srv.events if e.name in ("auth_failed", "tls_failed", "replaced")]
     assert KEY.hex() not in out.stdout + out.stderr
+
+
+def test_fleet_refuses_more_devices_than_ids(tmp_path):
+    # The server keeps one connection per id (the newest): devices sharing one would throw each other out.
+    import subprocess
+    import sys
+
+    from support.seckit import KEY, OTHER_KEY, write_keys
+    from tools.paths import REPO as ROOT
+
+    keys = write_keys(tmp_path / "keys.json", {"dev-1": KEY, "dev-2": OTHER_KEY})
+    out = subprocess.run([sys.executable, "-m", "tools.fleet", "--clients", "3", "--server", "127.0.0.1:9",
+                          "--seconds", "1", "--auth-keys", keys], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT)
+    assert out.returncode == 2
+    assert "has 2 ids for --clients 3: each device needs an id of its own" in out.stderr, out.stderr
+    assert KEY.hex() not in out.stderr
 
 
 @pytest.mark.parametrize("tier", ["micropython", "micropython32"])

@@ -12,7 +12,8 @@ hold ~19,000 devices per process and to push one server process past its capacit
 once and devices move to the next address on failure, as the firmware does with its `servers` list.
 
 With --tls-ca the devices speak TLS (the firmware's own TLS path), with --auth-keys they authenticate,
-taking the ids of that file in turn (so the server, given the same file, knows them all).
+each with an id of its own from that file (so the server, given the same file, knows them all; it keeps one
+connection per id, so the file needs at least --clients ids).
 
 At the end it prints what the server should have seen, as `fleet_expect` and `fleet_report` lines in the
 event format (docs/EVENTS.md), so a run can be checked against the server's own report.
@@ -257,7 +258,8 @@ def main(argv=None):
     ap.add_argument("--tls-name", metavar="NAME",
                     help="the name the server's certificate must carry, sent as SNI (default: the --server host)")
     ap.add_argument("--auth-keys", metavar="FILE",
-                    help="authenticate, the devices taking the ids of this JSON file (id -> hex key) in turn")
+                    help="authenticate, each device taking an id of its own from this JSON file (id -> hex key); "
+                         "it needs at least --clients ids")
     args = ap.parse_args(argv)
     if args.clients < 1:
         ap.error("--clients must be at least 1, got %d" % args.clients)
@@ -298,6 +300,10 @@ def main(argv=None):
         except ValueError as e:
             ap.error(str(e))
         auth_ids = sorted((k.decode(), v.hex()) for k, v in keys.items())
+        if len(auth_ids) < args.clients:
+            # Devices sharing an id would throw each other out: the server keeps the newest connection per id.
+            ap.error("--auth-keys %s has %d ids for --clients %d: each device needs an id of its own "
+                     "(make more with python3 -m tools.certs device-key)" % (args.auth_keys, len(auth_ids), args.clients))
 
     rng = random.Random(args.seed)
     n_silent = int(round(args.clients * args.silent))

@@ -107,6 +107,16 @@ MUTANTS = {
     "heap_error_not_caught_at_start": (
         "firmware/hbkeep/start.py", "    except MemoryError:\n        # The ranges", "    except KeyError:\n        # The ranges",
         ["host_tests/test_config_hardening.py::test_buffers_the_heap_cannot_hold_are_a_config_error_naming_the_key"]),
+    "older_connection_kept": (
+        "tools/hbserver/core.py", "        if old is not None:\n            self.replace(old, conn)\n", "",
+        ["host_tests/test_hbserver_replace.py::test_a_second_connection_under_the_same_id_replaces_the_first"]),
+    "store_takes_an_older_connection": (
+        "tools/hbserver/presence.py", "if since and since > tonumber(ARGV[6]) then return holder end",
+        "if false then return holder end",
+        ["host_tests/test_presence.py::test_an_older_connection_written_after_a_newer_one_loses_and_its_server_is_told"]),
+    "superseded_elsewhere_ignored": (
+        "tools/hbserver/presence.py", "superseded.append((conn, res))", "pass",
+        ["host_tests/test_hbserver_replace.py::test_across_servers_sharing_the_store_the_newest_connection_wins_too"]),
 }
 
 

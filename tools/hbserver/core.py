@@ -10,14 +10,14 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Optional, Union
 
-from tools.hbserver.conn import ONLINE, Conn, LazyDecoder
+from tools.hbserver.conn import ONLINE, Conn, LazyDecoder, peer_name
 from tools.hbserver.offline import INCOMPLETE, SILENT, OfflineRule
 from tools.hbserver.probe import BAD, LATE, PROBE_WINDOW, ProbeStats
 
 READ_BUFFER = 65536  # the one read buffer all connections share
 WRITE_HIGH_WATER = 16384  # per client: above this, HEART replies and probes are skipped (bounded memory)
 ACCEPT_REPORT_S = 10.0  # out of descriptors: one accept_failed line per this many seconds at most
-OFFLINE_REASONS = ("silent", "closed", "reset", "protocol", "shutdown")
+OFFLINE_REASONS = ("silent", "closed", "reset", "protocol", "shutdown", "replaced")
 
 
 @dataclass
@@ -113,6 +113,7 @@ class HeartbeatServer:
         self.loop = None
         self.port = None
         self.clients = set()  # online connections
+        self.by_name = {}  # client name (device id, or peer address) -> its one online connection
         self.close_grace_s = config.close_ms / 1000
         self.closing = 0  # connections we closed whose transport is not gone yet (still flushing, or stuck)
         self.failure = None  # the exception that stopped the server (a periodic task or the event hook)
@@ -291,22 +292,58 @@ class HeartbeatServer:
     def admit_passed(self, conn):
         """A connection past the gate (or with none to pass): online, or refused."""
         cfg = self.config
+        # One online connection per name, the newest wins (replace() says why). A connection that takes
+        # over its name takes over that connection's slot too: a device whose stale connection holds the
+        # last slot of a full server gets back in, instead of being locked out until the stale one times out.
+        old = self.by_name.get(conn.name)
         # Every connection not yet released counts, not only the online ones: a dropped client still
         # flushing (or never reading) holds a descriptor and its queued bytes until it is gone.
-        if self._state != "running" or (cfg.max_clients and len(self.clients) + self.closing >= cfg.max_clients):
+        if self._state != "running" or (
+                old is None and cfg.max_clients and len(self.clients) + self.closing >= cfg.max_clients):
             self.refused += 1
             self.emit("refused", {"client": conn.name,
                                   "reason": "max_clients" if self._state == "running" else "stopping",
                                   "online": len(self.clients), "closing": self.closing})
             conn.close()  # a clean FIN: the client sees the connection end, not a reset
             return
+        if old is not None:
+            self.replace(old, conn)
         conn.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         conn.decoder = LazyDecoder(cfg.max_payload)
         conn.state = ONLINE
         self.clients.add(conn)
+        self.by_name[conn.name] = conn
         self.connections += 1
         self.emit("online", {"client": conn.name, "online": len(self.clients)})
         self._call_hooks("online", conn)
+
+    def replace(self, old, new, now=None):
+        """`new` is being admitted under the name `old` is online with: `old` is closed, reason replaced.
+
+        With device authentication the name is the device id, and a key is one device: a second
+        connection under that id is either the device back before the server noticed its old connection
+        die (Wi-Fi gone, a reboot, a NAT that forgot the mapping: nothing reaches the server until the
+        offline rule runs out) or someone else holding the key. The newest wins: the reconnected device is
+        served at once instead of locked out for up to the offline timeout, and a clone becomes visible --
+        each side's reconnection throws the other out, a `replaced` line each time, naming both peers.
+        Without authentication the name is the peer's ip:port. A device reaches the server at one address,
+        and TCP allows one live connection per pair of addresses, so a new connection from the same ip:port
+        means the kernel has already dropped the old one; the server has only not read that yet."""
+        self._replaced(old, peer_name(new.addr), None, now)
+
+    def replaced_elsewhere(self, conn, server):
+        """A newer connection under `conn`'s name is held by another server (the presence store says so,
+        presence.py): the same rule across servers -- `conn` is closed, reason replaced."""
+        self._replaced(conn, None, server)
+
+    def _replaced(self, old, new_peer, new_server, now=None):
+        if old not in self.clients:  # already offline (or never a client of this server)
+            return
+        now = self.loop.time() if now is None else now
+        self.emit("replaced", {
+            "client": old.name, "old_peer": peer_name(old.addr), "new_peer": new_peer, "new_server": new_server,
+            "up_ms": _ms(now - old.since), "since_last_ms": _ms(now - old.last_heard)})
+        self.offline(old, "replaced", now)
 
     def offline(self, conn, reason, now=None):
         """Report a client offline once, forget it, close its connection."""
@@ -314,6 +351,8 @@ class HeartbeatServer:
             return
         now = self.loop.time() if now is None else now
         self.clients.discard(conn)
+        if self.by_name.get(conn.name) is conn:
+            del self.by_name[conn.name]
         self.offline_by[reason] += 1
         if conn.probes:
             self.probes.abandon(conn.probes)

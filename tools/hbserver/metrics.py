@@ -8,7 +8,8 @@ read it does of the server is of plain integers or of a dict copied in one step.
     hb_beats_total                        counter   HEART frames received (rate() of it is beats/s)
     hb_connections_total                  counter   connections admitted
     hb_refused_total                      counter   connections refused (max_clients, stopping)
-    hb_offline_total{reason}              counter   clients gone offline, by reason
+    hb_offline_total{reason}              counter   clients gone offline, by reason (`replaced`: a newer
+                                                    connection under the same name took over)
     hb_protocol_errors_total              counter
     hb_probes_total{outcome}              counter   echo probes by outcome: ok, bad, late, lost
     hb_probe_rtt_seconds                  histogram echo probe round trips (ok and late replies)

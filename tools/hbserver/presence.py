@@ -25,7 +25,11 @@ rotating slice each flush, so every one is rewritten at least every ttl_ms / 3.
 
 A write that crosses another server's is settled inside the store by a small Lua script keyed on the
 connection id: a device that moved from server A to server B keeps B's online record even when A's
-`offline` for the old connection arrives later.
+`offline` for the old connection arrives later. One device has one online connection in the whole fleet,
+the newest (by `since`), as inside one server (HeartbeatServer.replace): when the store answers an online
+write or a renewal with another server's id, that server holds a newer connection of the device, and this
+one is closed through `replaced_elsewhere` (a `replaced` line, then `offline reason=replaced`). Renewals
+come every ttl_ms / 3, so a superseded connection on another server goes within that (plus one flush).
 
 The store being unreachable never stops the server: a failed flush keeps its notes (newest per device),
 reports the outage as a `presence_error` event at most once per `report_ms`, and the first flush that
@@ -45,20 +49,29 @@ DEFAULT_PREFIX = "hb"
 CHUNK = 2000  # records per pipelined round trip
 
 # KEYS: device hash, index zset. ARGV: mode, device, conn, server, now_ms, since_ms, last_beat_ms, reason,
-# ttl_ms, channel, keep_ms. Returns 1 when written, 0 when another connection owns the record.
+# ttl_ms, channel, keep_ms. Returns 1 when written; for an offline of a connection that no longer holds the
+# record, 0 (dropped); for an online or a renewal of a connection superseded by a newer one of the same
+# device on another server, that server's id: its connection wins. Between two connections of one server
+# the server itself has decided (HeartbeatServer.replace): its latest write stands, whatever the clock says.
 _SCRIPT = """
 local cur = redis.call('HGET', KEYS[1], 'conn')
 local mode = ARGV[1]
+local holder = false
+if cur and cur ~= ARGV[3] then holder = redis.call('HGET', KEYS[1], 'server') or '?' end
 if mode == 'refresh' then
   if cur == ARGV[3] then
     redis.call('HSET', KEYS[1], 'last_beat', ARGV[7])
     redis.call('PEXPIRE', KEYS[1], ARGV[9])
     return 1
   end
-  if cur then return 0 end
+  if holder and holder ~= ARGV[4] then return holder end
   mode = 'online'  -- the record is gone (store restarted, or it expired during an outage): rewrite it
 end
-if mode == 'offline' and cur and cur ~= ARGV[3] then return 0 end
+if mode == 'offline' and holder then return 0 end
+if mode == 'online' and holder and holder ~= ARGV[4] then
+  local since = tonumber(redis.call('HGET', KEYS[1], 'since'))
+  if since and since > tonumber(ARGV[6]) then return holder end
+end
 local state = mode
 local reason = ''
 if mode == 'offline' then reason = ARGV[8] end
@@ -191,7 +204,9 @@ class Presence:
         now = wall_ms()
         name = device_name(conn)
         self._owner[name] = conn
-        self.notes[name] = ("online", conn_id, now, now, "", now)
+        # `since` is when the connection was made, the same on every write: the store ranks a device's
+        # connections by it (the newest wins).
+        self.notes[name] = ("online", conn_id, self._wall(conn.since), now, "", now)
         self.ring.append(conn)
 
     def offline(self, conn, reason):
@@ -233,9 +248,12 @@ class Presence:
 
     async def _run(self):
         period = self.config.flush_ms / 1000
-        while not self._closing:
+        me = asyncio.current_task()
+        # cancelling(): a cancellation the client library turned into an error of its own (flush() then
+        # counts a failed write) must still end the loop, or whoever cancelled would wait forever.
+        while not self._closing and not me.cancelling():
             await self.flush()
-            if not self._closing:
+            if not self._closing and not me.cancelling():
                 await asyncio.sleep(period)
 
     def _renewals(self):
@@ -269,11 +287,14 @@ class Presence:
         k = self.k
         dev, index, channel, ttl, keep, sid = k["dev"], k["index"], k["channel"], cfg.ttl_ms, cfg.keep_ms, self.server_id
         calls = []  # EVALSHA arguments, one tuple per record
+        whose = []  # per call: the online connection it is written for, or None (an offline note)
+        ids = self._conn_ids
+        owner = self._owner
         for name, (mode, conn_id, since, beat, reason, changed) in notes.items():
             calls.append((dev + name, index, mode, name, conn_id, sid, changed, since, beat, reason, ttl, channel,
                           keep))
-        ids = self._conn_ids
-        owner = self._owner
+            held = owner.get(name) if mode == "online" else None
+            whose.append(held if held is not None and ids.get(held) == conn_id else None)
         for conn in renew:
             conn_id = ids.get(conn)
             if conn_id is None:
@@ -283,6 +304,8 @@ class Presence:
                 continue
             calls.append((dev + name, index, "refresh", name, conn_id, sid, now, self._wall(conn.since),
                           self._last_beat(conn), "", ttl, channel, keep))
+            whose.append(conn)
+        superseded = []  # (connection, the server holding a newer connection of its device)
         try:
             if self._sha is None:  # first flush, or the store restarted and forgot its scripts
                 self._sha = await self.r.script_load(_SCRIPT)
@@ -292,7 +315,9 @@ class Presence:
                 pipe = self.r.pipeline(transaction=False)
                 for a in calls[i : i + CHUNK]:
                     pipe.evalsha(self._sha, 2, *a)
-                await pipe.execute()
+                for conn, res in zip(whose[i : i + CHUNK], await pipe.execute()):
+                    if conn is not None and isinstance(res, str):
+                        superseded.append((conn, res))
             pipe = self.r.pipeline(transaction=False)
             skey = k["server"] + sid
             if final:
@@ -320,6 +345,9 @@ class Presence:
                 "written": len(notes)})
         self.up = True
         self.resync = False
+        for conn, holder in superseded:
+            if conn in ids and self.srv is not None:  # still online here: the newer connection wins
+                self.srv.replaced_elsewhere(conn, holder)
         return True
 
     def _failed(self, notes, exc):
