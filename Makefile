@@ -15,7 +15,7 @@ DEPS_STAMP := $(VENV)/.requirements-dev.stamp
 STUBS := $(VENV)/stubs
 STUB_PORTS := esp32 rp2
 
-.PHONY: help setup test faults-table mpy typecheck run bench bench-server bench-fleet bench-tls deploy simboard package-json clean distclean
+.PHONY: help setup test faults-table mpy typecheck run bench bench-frozen bench-server bench-fleet bench-tls deploy simboard package-json clean distclean
 
 help: ## list the targets (default)
 	@echo "Targets:"
@@ -70,6 +70,13 @@ run: $(DEPS_STAMP) ## run the demo (tools/demo.py)
 
 bench: $(DEPS_STAMP) ## run the benchmark (tools/bench.py)
 	$(PY) -m tools.bench
+
+# Builds MicroPython 1.26.1's unix port for i386 from Debian's source tarball with firmware/ frozen in
+# (tools/build/frozen32.py: needs gcc-multilib, which it names when missing; about a minute the first
+# time, reused while firmware/ is unchanged), then measures the heap with it. Not part of `make test`.
+bench-frozen: $(DEPS_STAMP) ## heap after start with the firmware frozen into a 32-bit MicroPython built here
+	bin="$$($(PY) -m tools.build.frozen32)" && \
+		MICROPYTHON32="$$bin" $(PY) -m tools.bench --runtimes micropython32 --heap-only --frozen
 
 bench-server: $(DEPS_STAMP) ## run the benchmark server (tools/bench_server.py)
 	$(PY) -m tools.bench_server

@@ -347,7 +347,8 @@ def main(argv=None):
     ap.add_argument("--frozen", action="store_true",
                     help="also the heap after start with the package frozen into the MicroPython binary: only "
                          "for a build of one's own that has firmware/manifest.py frozen in (MICROPYTHON32=PATH "
-                         "or MICROPYTHON=PATH names it)")
+                         "or MICROPYTHON=PATH names it; `python3 -m tools.build.frozen32` builds the 32-bit one, "
+                         "`make bench-frozen` builds it and runs this)")
     ap.add_argument("--heap-only", action="store_true",
                     help="only the heap figures (MicroPython runtimes): no echo runs, no throughput; seconds")
     args = ap.parse_args(argv)

@@ -8,6 +8,10 @@ registry host is written into the repository, and signatures are checked with th
 caller's check of it passes. Nothing outside that cache folder is touched.
 
     root = debroot.fetch(cache, suites=("forky", "sid"), arch="i386", packages=[...], check=fn, log=print)
+    files = debroot.download_source(cache, suites, "micropython", "1.26.1", out_dir, log=print)
+
+download_source does the same for a source package (a `deb-src` line and `apt-get source --download-only`):
+apt checks each file it downloads against the signed Sources index.
 
 Failures raise DebrootError (a RuntimeError) that names every suite tried and why each failed.
 """
@@ -137,7 +141,8 @@ def apt_options(apt_dir, arch):
     ]
 
 
-def _prepare_apt_dir(apt_dir, mirror, signed_by, arch, suite):
+def _prepare_apt_dir(apt_dir, mirror, signed_by, arch, suite, kind="deb"):
+    """A private apt state in apt_dir whose one source is `<kind> mirror suite main` (kind: deb, deb-src)."""
     shutil.rmtree(os.path.join(apt_dir, "state", "lists"), ignore_errors=True)  # another suite's lists
     for sub in ("state/lists/partial", "cache/archives/partial"):
         os.makedirs(os.path.join(apt_dir, sub), exist_ok=True)
@@ -147,7 +152,7 @@ def _prepare_apt_dir(apt_dir, mirror, signed_by, arch, suite):
         opts += " signed-by=%s" % signed_by
     with open(os.path.join(apt_dir, "sources.list"), "w") as f:
         f.write("# written by tools/build/debroot.py: the machine's own mirror, suite %s\n" % suite)
-        f.write("deb [%s] %s %s main\n" % (opts, mirror, suite))
+        f.write("%s [%s] %s %s main\n" % (kind, opts, mirror, suite))
 
 
 @contextlib.contextmanager
@@ -165,25 +170,38 @@ def lock(path, log):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _fetch_suite(cache, suite, arch, packages, check, log, mirror, signed_by):
-    """Download and unpack `packages` of one suite into a fresh folder; return it once check() passes."""
-    apt_dir = os.path.join(cache, "apt")
-    _prepare_apt_dir(apt_dir, mirror, signed_by, arch, suite)
+def _update(apt_dir, mirror, signed_by, arch, suite, kind, log):
+    """Point the private apt state at one suite (binary or source lists) and read its lists; return the
+    apt-get argv prefix that uses that state."""
+    _prepare_apt_dir(apt_dir, mirror, signed_by, arch, suite, kind)
     apt = ["apt-get"] + apt_options(apt_dir, arch)
-    log("reading the %s/%s package lists from %s (private apt state in %s)" % (suite, arch, mirror, apt_dir))
+    what = "source" if kind == "deb-src" else arch
+    log("reading the %s/%s package lists from %s (private apt state in %s)" % (suite, what, mirror, apt_dir))
     # Plain `apt-get update` exits 0 when a fetch fails (it only warns); make that an error.
-    _step("apt-get update (suite %s, arch %s, mirror %s)" % (suite, arch, mirror),
+    _step("apt-get update (suite %s, %s, mirror %s)" % (suite, what, mirror),
           apt + ["-o", "APT::Update::Error-Mode=any", "update"])
-    if not glob.glob(os.path.join(apt_dir, "state", "lists", "*_Packages*")):
-        raise DebrootError("apt-get update of suite %s from %s gave no package lists" % (suite, mirror))
-    debs = os.path.join(cache, "debs")
-    shutil.rmtree(debs, ignore_errors=True)
-    os.makedirs(debs)
-    download = list(apt)
+    lists = "*_Sources*" if kind == "deb-src" else "*_Packages*"
+    if not glob.glob(os.path.join(apt_dir, "state", "lists", lists)):
+        raise DebrootError("apt-get update of suite %s from %s gave no %s lists" % (suite, mirror, what))
+    return apt
+
+
+def _as_root(apt):
     if os.geteuid() == 0:
         # As root, apt would try its _apt sandbox user, which cannot write here, warn, and then download
         # as root anyway; say so up front to keep the output clean.
-        download += ["-o", "APT::Sandbox::User=root"]
+        return apt + ["-o", "APT::Sandbox::User=root"]
+    return list(apt)
+
+
+def _fetch_suite(cache, suite, arch, packages, check, log, mirror, signed_by):
+    """Download and unpack `packages` of one suite into a fresh folder; return it once check() passes."""
+    apt_dir = os.path.join(cache, "apt")
+    apt = _update(apt_dir, mirror, signed_by, arch, suite, "deb", log)
+    debs = os.path.join(cache, "debs")
+    shutil.rmtree(debs, ignore_errors=True)
+    os.makedirs(debs)
+    download = _as_root(apt)
     log("downloading %s (%s, %s)" % (" ".join(packages), suite, arch))
     _step("apt-get download of %s (suite %s)" % (" ".join(packages), suite),
           download + ["download"] + list(packages), cwd=debs)
@@ -236,3 +254,54 @@ def fetch(cache, suites, arch, packages, check, log):
             return root
         raise DebrootError("could not fetch %s for %s from %s; tried, in order:\n%s" % (
             " ".join(packages), arch, mirror, "\n".join(tried)))
+
+
+# -- source packages -------------------------------------------------------------------------------
+def source_versions(showsrc):
+    """The `Version:` of each stanza of `apt-cache showsrc` output, in order."""
+    return [line.split(":", 1)[1].strip() for line in showsrc.splitlines() if line.startswith("Version:")]
+
+
+def upstream_version(version):
+    """The upstream part of a Debian version: '1.26.1' of '1.26.1+ds-1' (epoch, Debian revision and a
+    repack suffix such as +ds or +dfsg dropped)."""
+    version = version.split(":", 1)[-1]
+    if "-" in version:
+        version = version.rsplit("-", 1)[0]
+    return version.split("+", 1)[0].split("~", 1)[0]
+
+
+def download_source(cache, suites, package, upstream, out_dir, log, arch="i386"):
+    """Download the Debian source package `package` of upstream version `upstream` (its .dsc, the orig
+    tarball and Debian's own changes) into out_dir, trying `suites` in order; return the Debian version.
+
+    The private apt state lives in <cache>/apt. apt checks every file it downloads against the suite's
+    Sources index, whose signature it checks with the machine's keyrings. When no suite has that version,
+    the DebrootError names each suite and what it has instead."""
+    for tool in ("apt-get", "apt-cache"):
+        if shutil.which(tool) is None:
+            raise DebrootError("%s not found: cannot fetch Debian source packages on this machine" % tool)
+    os.makedirs(out_dir, exist_ok=True)
+    mirror, signed_by = find_mirror()
+    apt_dir = os.path.join(cache, "apt")
+    tried = []
+    for suite in suites:
+        try:
+            apt = _update(apt_dir, mirror, signed_by, arch, suite, "deb-src", log)
+            showsrc = _step("apt-cache showsrc %s (suite %s)" % (package, suite),
+                            ["apt-cache"] + apt[1:] + ["showsrc", package])
+            versions = source_versions(showsrc)
+            wanted = [v for v in versions if upstream_version(v) == upstream]
+            if not wanted:
+                raise DebrootError("suite %s has %s %s, not %s" % (
+                    suite, package, ", ".join(versions) or "(none)", upstream))
+            version = wanted[0]
+            log("downloading the %s %s source package (%s)" % (package, version, suite))
+            _step("apt-get source --download-only %s=%s (suite %s)" % (package, version, suite),
+                  _as_root(apt) + ["source", "--download-only", "%s=%s" % (package, version)], cwd=out_dir)
+            return version
+        except DebrootError as e:
+            log("suite %s failed: %s" % (suite, str(e).splitlines()[0]))
+            tried.append("- suite %s: %s" % (suite, e))
+    raise DebrootError("could not download the %s %s source package from %s; tried, in order:\n%s" % (
+        package, upstream, mirror, "\n".join(tried)))
