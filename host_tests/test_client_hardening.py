@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from firmware.hbkeep import compat
+from firmware.hbkeep import compat, dial
 from firmware.hbkeep.repeats import FIRST, SUMMARY_MS, FailureRun
 from support import vloop
 from support.fake_sockets import FakeConn, FakeNet
@@ -47,7 +47,7 @@ def test_a_host_label_over_63_characters_is_a_resolve_failure_not_the_end():
     (OSError("[addrinfo error -77]"), "EAI_-77"),
 ])
 def test_resolver_errors_have_one_name_whatever_the_runtime_says(exc, text):
-    assert compat.resolve_error_name(exc) == text
+    assert dial.resolve_error_name(exc) == text
 
 
 def test_resolver_error_names_on_the_runtime_itself(runtime, tmp_path):

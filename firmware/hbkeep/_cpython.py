@@ -10,6 +10,10 @@ import sys
 import time
 
 
+def const(value):
+    return value  # MicroPython's compile-time constant: a plain value here
+
+
 def upcase(buf, start, end):
     # bytes.upper() maps a-z only, exactly C toupper() in the C locale.
     mv = memoryview(buf)

@@ -132,7 +132,7 @@ class DeviceAuth:
         self.urandom = urandom
         self.snonce = None
         self.dnonce = None
-        # One buffer for both frames the device reads, allocated once for the life of the client.
+        # One buffer for both frames the device reads (the client makes one DeviceAuth per connection).
         self.buf = bytearray(max(self.CHALLENGE_FRAME, self.WELCOME_FRAME))
 
     def challenge_view(self):

@@ -8,17 +8,19 @@
 # reads into one buffer, echoes written from where the bytes lie, and waiting on the poller only when
 # a read finds nothing.
 from . import compat
-from .compat import ticks_ms, ticks_diff, sleep_ms, upcase
-from . import protocol
+from .compat import const, ticks_ms, ticks_diff, sleep_ms, upcase
 from .protocol import DATA, HEADER_SIZE, FRAME_IN_PLACE, FRAME_ASSEMBLED, NEED_MORE, ERROR
-from . import sockopts
-from .link import Link, BEAT, SILENT, STALLED
-from .events import Events, Stats
+from .link import BEAT, SILENT, STALLED
 
-TYPE_CHECKING = False
+TYPE_CHECKING = const(False)  # const: MicroPython compiles the block below away, names and all
 if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
+    from typing import Any
     from .config import Config
+    from .events import Events, Stats
+    from .link import Link
+    from .protocol import Decoder
     from .repeats import FailureRun
+    from .servers import Rotation
 
 VERSION = "0.1.0"
 
@@ -34,79 +36,50 @@ R_AUTH = "auth"  # authentication failed: wrong proof, an unexpected frame, clos
 
 
 class Client:
-    # Declared for the type checker only (MicroPython generates no code for a bare annotation): mypy then
-    # knows every cfg.<name> read in this class, and a misspelt one fails `make typecheck`.
-    cfg: "Config"
+    # Every attribute, declared for the type checker (MicroPython generates no code for a bare annotation):
+    # they are set by clientsetup.init_client, so that the constructor's code is not in the heap after it.
+    cfg: "Config"  # mypy then knows every cfg.<name> read here, and a misspelt one fails `make typecheck`
+    board: dict
+    net: "Any"  # compat.Net, or a stand-in with its methods
+    ev: "Events"
+    stats: "Stats"
+    framed: bool
+    link: "Link"
+    rxbuf: bytearray
+    dec: "Decoder | None"
+    beat: bytearray  # the HEART frame, encoded once
+    addr: "Any"  # the server's address: resolved once, then cached
+    rot: "Rotation | None"  # with a "servers" list: which one is next (servers.py, loaded only then)
+    sock: "Any"
+    connected: "Any"  # an Event, set while a connection is up: lets tests and tools wait
+    _tx_busy: bool
+    _tx_idle: "Any"  # an Event, set while nobody is mid-write
+    _reason: "str | None"
+    _detail: "str | None"
+    _rx_task: "Any"
+    _beat_task: "Any"  # finishes a beat the socket took only part of
     failing: "FailureRun | None"
+    on_data: "Any"
+    _app_hdr: "bytearray | None"
+    _app_task: "Any"  # finishes an application frame the socket took only part of
+    progress: int
+    pulse_ms: int
+    tls: "tuple | None"  # tls.settings(): (context, server hostname, handshake timeout ms)
 
     def __init__(self, config, board, net=None, events=None):
-        self.cfg = config
-        cfg = self.cfg  # the declared type, so that the reads below are checked too
-        self.board = board
-        self.net = net or compat.Net(board)
-        self.ev = events or Events(verbose=cfg.verbose, secret=cfg.wifi_password)
-        self.stats = Stats()
-        self.framed = cfg.mode == "framed"
-        self.link = Link(
-            cfg.beat_ms, cfg.peer_timeout, cfg.peer_miss, cfg.retry_ms, cfg.backoff_max_ms, beats=self.framed,
-            beats_unacked_max=(board.get("socket") or {}).get("beats_unacked_max"),
-        )
-        # Buffers allocated once for the life of the client.
-        size = cfg.rx_buf
-        if self.framed and size < HEADER_SIZE + cfg.max_payload:
-            size = HEADER_SIZE + cfg.max_payload  # so a whole frame fits and is echoed in place
-        self.rxbuf = bytearray(size)
-        self.dec = protocol.Decoder(cfg.max_payload) if self.framed else None
-        self.beat = bytearray(HEADER_SIZE)
-        protocol.encode_header(self.beat, 0, protocol.HEART, 0)
-        self.addr = None  # resolved once, then cached
-        self.rot = None  # with a "servers" list: which one is next (servers.py, loaded only then)
-        if len(cfg.servers) > 1:
-            from .servers import Rotation
+        from . import clientsetup  # run once, then forgotten
 
-            self.rot = Rotation(cfg)
-        self.sock = None
-        self.connected = compat.Event()  # set while a connection is up: lets tests and tools wait
-        self._tx_busy = False
-        self._tx_idle = compat.Event()
-        self._tx_idle.set()
-        self._reason = None
-        self._detail = None
-        self._rx_task = None
-        self._beat_task = None  # finishes a beat the socket took only part of
-        # Which connect failures get a line of their own: repeats.FailureRun, made at the first failure,
-        # so that a device that connects at once never loads it.
-        self.failing = None
-        # The application's side (docs/APP.md, appio.py): a handler for received DATA payloads (None: the
-        # seed's upper-case echo, in place and allocation-free) and send() for frames of its own.
-        self.on_data = None
-        self._app_hdr = None  # header of the application's frame being sent; allocated on first send
-        self._app_task = None  # finishes an application frame the socket took only part of
-        # Liveness for the watchdog feeder: bumped on every pass of the connection loop and of the
-        # supervisor; pulse_ms (set by the feeder, 0 = no cap) caps how long either sleeps in one go.
-        self.progress = 0
-        self.pulse_ms = 0
-        # Optional layers (docs/SECURITY.md), imported only when configured: nothing for a plain device.
-        self.tls = None
-        if cfg.tls_ca:
-            from .tls import Tls
-
-            self.tls = Tls(cfg)  # parses the CA once; a bad file raises tls.CaError (a ValueError)
-        self.auth = None
-        if cfg.auth_id:
-            from .auth import DeviceAuth
-
-            self.auth = DeviceAuth(cfg.auth_id, cfg.auth_key)
+        clientsetup.init_client(self, config, board, net, events)
+        compat.forget_module("clientsetup")
 
     # -- the forever loop ----------------------------------------------------------------------
     async def run(self):
-        cfg = self.cfg
-        self.ev.emit(
-            "start", "version", VERSION, "runtime", compat.RUNTIME, "board", self.board.get("name"),
-            "mode", cfg.mode, "server", "%s:%d" % (cfg.host, cfg.port), "beat_ms", cfg.beat_ms,
-            "peer_timeout", cfg.peer_timeout, "retry_ms", cfg.retry_ms,
-        )
-        stats_task = compat.create_task(self._stats_loop()) if cfg.stats_ms else None
+        from . import clientsetup  # the start line, once
+
+        clientsetup.announce(self)
+        compat.forget_module("clientsetup")
+        del clientsetup
+        stats_task = compat.create_task(self._stats_loop()) if self.cfg.stats_ms else None
         link = self.link
         try:
             while True:
@@ -139,106 +112,18 @@ class Client:
     async def _attempt(self):
         if not self.net.link_up():
             return
-        if self.addr is None and not self._resolve():
-            self.link.connect_failed()
-        else:
-            sock = await self._connect()
-            if sock is not None:
-                await self._session(sock)
+        from . import dial  # the connect path: forgotten by the time it returns a socket (dial.py)
+
+        sock = await dial.attempt(self)
+        del dial  # nor does this frame hold it through the session
+        if sock is not None:
+            await self._session(sock)
         if self.rot:  # a failed attempt or an ended session: on to the next server
             self.addr = self.rot.next(self.addr)
 
     def error(self, where, e):
         # Where an exception nobody foresaw was caught, and what it was. Never the end of the firmware.
         self.ev.emit("client_error", "where", where, "error", compat.exc_text(e))
-
-    def _failed(self, now, reason):
-        """True when this failure gets its own line; else maybe a summary line is due instead."""
-        run = self.failing
-        if run is None:
-            from .repeats import FailureRun
-
-            run = self.failing = FailureRun(self.cfg.verbose)
-        if run.failed(now, reason):
-            return True
-        if run.summary_due(now):
-            self.ev.emit("connect_failing", *run.summary(now))
-        return False
-
-    def _resolve(self):
-        cfg = self.cfg
-        try:
-            self.addr = self.net.resolve(cfg.host, cfg.port)
-        except OSError as e:
-            self.stats.connect_failed("resolve")
-            name = compat.errno_name(e)
-            if self._failed(ticks_ms(), name):
-                self.ev.emit("resolve_failed", "host", cfg.host, "error", name)
-            return False
-        self.ev.emit("resolved", "host", cfg.host, "addr", self.net.addr_str(self.addr))
-        return True
-
-    async def _connect(self):
-        st = self.stats
-        st.attempts += 1
-        net = self.net
-        cfg = self.cfg
-        t0 = ticks_ms()
-        if self.ev.verbose:
-            self.ev.emit("connecting", "attempt", st.attempts)
-        sock = None
-        reason = None
-        try:
-            sock = net.open(self.addr)
-            net.connect_start(sock, self.addr)
-            await compat.wait_for_ms(net.connect_finish(sock, self.addr), cfg.connect_timeout_ms)
-        except compat.TimeoutError:
-            reason = "timeout"
-        except OSError as e:
-            reason = compat.errno_name(e)
-        except compat.CancelledError:
-            if sock is not None:
-                net.close(sock)  # stopped mid-connect: no descriptor left behind
-            raise
-        if reason is not None:
-            if sock is not None:
-                net.close(sock)  # the seed leaks one descriptor per failed attempt; we do not
-            st.connect_failed(reason)
-            self.link.connect_failed()
-            now = ticks_ms()
-            if self._failed(now, reason):
-                self.ev.emit(
-                    "connect_failed", "attempt", st.attempts, "reason", reason, "took_ms", ticks_diff(now, t0),
-                )
-            return None
-        applied, lacking, failed = sockopts.apply(net, sock, self.board.get("sockopts", {}), cfg)
-        pre = 0
-        tlsc = self.tls
-        if tlsc is not None:  # after the socket options: a TLS socket has no setsockopt
-            self._bump()  # each bounded wait of a connect counts on its own for the watchdog feeder
-            from . import tls  # loaded with the Tls object: the handshake's driver lives there
-
-            sock, pre = await tls.start(self, tlsc, sock, t0)
-            if sock is None:
-                return None
-        # A run of failures ends with a connection, not a TCP one.
-        summary = self.failing.ended(ticks_ms()) if self.failing is not None else None
-        if summary is not None:
-            self.ev.emit("connect_failing", *summary)
-        st.connects += 1
-        self.ev.emit(
-            "connected", "addr", net.addr_str(self.addr), "attempt", st.attempts,
-            "took_ms", ticks_diff(ticks_ms(), t0), "applied", ",".join(applied),
-            "lacking", ",".join(lacking), "failed", ",".join(failed),
-        )
-        auth = self.auth
-        if auth is not None:
-            self._bump()
-            from . import authio  # the exchange's driver: loaded only by a device that authenticates
-
-            if not await authio.authenticate(self, auth, sock, pre):
-                return None
-        return sock
 
     # -- one connection ------------------------------------------------------------------------
     async def _session(self, sock):

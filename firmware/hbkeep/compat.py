@@ -15,7 +15,6 @@ RUNTIME = ("micropython-" + sys.platform) if MICROPYTHON else "cpython"
 PORT = sys.platform
 
 import asyncio  # noqa: E402  (after the runtime test, on purpose)
-import socket  # noqa: E402
 
 CancelledError = asyncio.CancelledError
 TimeoutError = asyncio.TimeoutError  # its own class on MicroPython; the builtin on CPython 3.11+
@@ -38,6 +37,9 @@ def stream_try_write(sock, buf, off, n):
 
 
 if MICROPYTHON:
+    # `_NAME = const(n)` in a module: the compiler puts the number where the name is used, and neither the
+    # name nor a global is left in the heap.
+    from micropython import const
     try:
         from .fastbuf import upcase, copy_bytes  # viper: ports built with the native emitter
     except (ImportError, SyntaxError, ValueError):
@@ -125,7 +127,7 @@ else:
     # CPython (host tools and tests): its side lives in a module no board ships, so none of it is
     # compiled into a board's .mpy files.
     from ._cpython import (  # noqa: F401
-        upcase, copy_bytes, ticks_ms, ticks_diff, ticks_add, sleep_ms, wait_for_ms, write_line,
+        const, upcase, copy_bytes, ticks_ms, ticks_diff, ticks_add, sleep_ms, wait_for_ms, write_line,
         mem_alloc, mem_free, collect, block_ms, forget_module, new_loop, wait_readable, wait_writable,
         try_read, try_write, rand_below, ignore_interrupts, on_terminate as _on_terminate,
     )
@@ -186,41 +188,29 @@ def exit_status(rc):
 # -- errno names --------------------------------------------------------------------------------------
 # A port's errno module names only a short list (EISCONN is not in it on any port), and the numbers differ
 # between newlib (esp32), MicroPython's own table (rp2) and Linux (unix, CPython). The board table's
-# "errno_names" gives the names for the numbers its socket layer raises; Net(board) installs them here.
-_port_names = {}  # type: dict[int, str]
-
-
-class ResolveError(OSError):
-    """A failed lookup; args[0] is the failure's name (EAI_NONAME...), as errno_name reports it."""
-
-
-def resolve_error_name(e):
-    # The table of names lives in eai.py, loaded at the first failed lookup: a device whose server name
-    # resolves never carries it.
-    from .eai import name
-
-    return name(e)
+# "errno_names" ({"number": "NAME"}) gives the names for the numbers its socket layer raises; Net(board)
+# puts them here.
+port_errno_names = {}  # type: dict[int, str]
 
 
 def errno_name(e):
     # "ECONNREFUSED" rather than 111: the numbers differ between lwIP and Linux.
     n = e.args[0] if e.args else 0
     if isinstance(n, int):
-        name = _port_names.get(n)
+        name = port_errno_names.get(n)
         if name is None:
             name = errno.errorcode.get(n, None) if hasattr(errno, "errorcode") else None
         return name or "E%d" % n
     return str(n)
 
 
-# Host defaults (Linux numbers) for a board table without a "socket" section.
-_HOST_SOCKET = {  # type: dict
-    "pending": [getattr(errno, "EINPROGRESS", 115), errno.EAGAIN],
-    "isconn": [getattr(errno, "EISCONN", 106)],
-    "already": [getattr(errno, "EALREADY", 114)],
-    "refused": [getattr(errno, "ECONNREFUSED", 111)],
-}
-CONNECT_POLL_MS = 20  # between checks of a connect the port still reports in progress
+def capped_write(raw, cap):
+    # A try_write that hands at most cap bytes to one write() call (the board table's write_max). Here, not
+    # in dial.py, because the net keeps it for the life of the firmware.
+    def capped(sock, buf, off, n):
+        return raw(sock, buf, off, n if n <= cap else cap)
+
+    return capped
 
 
 class LwipNet:
@@ -238,48 +228,27 @@ class LwipNet:
       write_max  bytes handed to one write() call (null: no cap). See docs/PORTS.md for why rp2 has one.
       errno_names  {"number": "NAME"} for the numbers the port's socket layer raises.
 
+    The connect side (lookup, connect) runs only between sessions: its bodies are in dial.py, which the
+    client forgets while a session runs, so here each is a call into it. The set-up runs once, from
+    clientsetup.py. What a session uses (reads, writes, waits, close) is here in full.
+
     On the host, tests pass a scripted stand-in with the same methods (host_tests/support/fake_sockets.py,
     host_tests/support/portmodel.py)."""
 
     def __init__(self, board=None, port=PORT):
-        sk = (board or {}).get("socket") or _HOST_SOCKET
-        if sk.get("port") != port:
-            sk = _HOST_SOCKET
-        self.pending = tuple(sk.get("pending") or _HOST_SOCKET["pending"])
-        self.isconn = tuple(sk.get("isconn") or _HOST_SOCKET["isconn"])
-        self.already = tuple(sk.get("already") or _HOST_SOCKET["already"])
-        self.refused = tuple(sk.get("refused") or _HOST_SOCKET["refused"])
-        _port_names.clear()
-        names = sk.get("errno_names") or {}
-        for k in names:
-            _port_names[int(k)] = names[k]
-        cap = sk.get("write_max")
-        if cap:
-            raw = self.try_write
+        from . import clientsetup  # forgotten once the client is made (Client.__init__)
 
-            def capped(sock, buf, off, n):
-                return raw(sock, buf, off, n if n <= cap else cap)
-
-            self.try_write = capped
+        clientsetup.init_net(self, board, port)
 
     def resolve(self, host, port):
-        # Blocking on every port (rp2 busy-polls, seconds per DNS server): the client calls this only while
-        # the link is up, once, and caches the result. Failures are raised as ResolveError, with one name
-        # for one failure on every runtime.
-        try:
-            ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-        except OSError as e:
-            raise ResolveError(resolve_error_name(e))
-        except ValueError:
-            # CPython's IDNA codec refuses a label over 63 characters (UnicodeError) where the C
-            # resolver answers "no such name": the same answer, whatever the runtime.
-            raise ResolveError("EAI_NONAME")
-        return (ai[0], ai[1], ai[2], ai[-1])
+        from . import dial
+
+        return dial.resolve_addr(host, port)
 
     def open(self, addr):
-        s = socket.socket(addr[0], addr[1], addr[2])
-        s.setblocking(False)
-        return s
+        from . import dial
+
+        return dial.open_socket(addr)
 
     def link_up(self):
         # Replaced on boards by the Wi-Fi station's check: resolving or connecting while the station has no
@@ -287,41 +256,23 @@ class LwipNet:
         return True
 
     def addr_str(self, addr):
-        sa = addr[3]
-        if isinstance(sa, tuple):
-            return "%s:%d" % (sa[0], sa[1])
-        if len(sa) >= 8 and sa[0] == 2:
-            # MicroPython unix: a raw struct sockaddr_in (family, port big-endian, IPv4 address).
-            return "%d.%d.%d.%d:%d" % (sa[4], sa[5], sa[6], sa[7], (sa[2] << 8) | sa[3])
-        return str(sa)
+        from . import dial
+
+        return dial.addr_str(addr)
 
     def setsockopt(self, sock, level, opt, value):
         sock.setsockopt(level, opt, value)
 
     def connect_start(self, sock, addr):
-        try:
-            sock.connect(addr[3])
-        except OSError as e:
-            if e.args[0] not in self.pending:
-                raise
+        from . import dial
 
-    async def connect_finish(self, sock, addr):
-        # No port has getsockopt(SO_ERROR) from Python: a second connect() reports the outcome. The caller
-        # bounds the whole wait (connect_timeout_ms).
-        while True:
-            await self.wait_writable(sock)
-            try:
-                sock.connect(addr[3])
-                return  # the unix port, like Linux, answers success once
-            except OSError as e:
-                n = e.args[0]
-                if n in self.isconn:
-                    return
-                if n in self.refused:
-                    raise OSError(errno.ECONNREFUSED, errno_name(e))
-                if n not in self.already:
-                    raise
-            await sleep_ms(CONNECT_POLL_MS)  # still connecting, and the poller may say so at once
+        dial.connect_start(self, sock, addr)
+
+    def connect_finish(self, sock, addr):
+        # The coroutine that finishes the connect: awaited by the caller, which bounds the whole wait.
+        from . import dial
+
+        return dial.connect_finish(self, sock, addr)
 
     def close(self, sock):
         try:

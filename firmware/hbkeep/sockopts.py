@@ -2,7 +2,9 @@
 # (boards/<name>/board.json, deployed as board.json) -- never by passing raw numbers to a port that
 # lacks an option: esp32 and rp2 print a warning and ignore unknown ones, and on esp32 some raw lwIP
 # numbers land on unrelated options (docs/PORTS.md).
-TYPE_CHECKING = False
+from .compat import const
+
+TYPE_CHECKING = const(False)  # const: MicroPython compiles the block below away, names and all
 if TYPE_CHECKING:  # for mypy only: at run time the validator's module leaves the heap after start
     from .config import Config
 

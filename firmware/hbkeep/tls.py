@@ -1,5 +1,6 @@
 # TLS for the client: the runtime seam for it (compat.py's TLS half) and the handshake driver.
-# Imported only when the config has a "tls" object, so a plain device never loads mbedTLS bindings.
+# Imported only when the config has a "tls" object, so a plain device never loads mbedTLS bindings; and
+# forgotten with the connect path while a session runs (the client keeps only tls.settings()' values).
 #
 # Where the runtimes differ:
 # - MicroPython (boards, unix port) has the C module `tls` (`ssl` is a thin Python wrapper around it on
@@ -130,42 +131,40 @@ else:
     from ._cpython_tls import context, wrap, handshake, failure  # noqa: F401
 
 
-class Tls:
-    """What the client keeps for TLS: one context (made once: it holds the parsed CA) and the name to
-    check and send as SNI."""
-
-    def __init__(self, cfg):
-        self.hostname = cfg.tls_server_hostname or cfg.host
-        self.timeout_ms = cfg.tls_handshake_timeout_ms
-        self.ctx = context(der_from_file(cfg.tls_ca))
-
-    def wrap(self, sock):
-        return wrap(self.ctx, sock, self.hostname)
+def settings(cfg):
+    """What the client keeps for TLS, made once: (context, name to check and send as SNI, handshake timeout
+    in ms). The context holds the parsed CA. Plain values rather than an object of this module's, so
+    that this module leaves the heap with the connect path while a session runs (dial.py)."""
+    hostname = cfg.tls_server_hostname or cfg.host
+    return context(der_from_file(cfg.tls_ca)), hostname, cfg.tls_handshake_timeout_ms
 
 
-async def start(client, tlsc, raw, t0):
+async def start(client, raw, t0, auth=None):
     """The client's TLS step of a connect: wrap and handshake. Returns (TLS socket, bytes of the
     CHALLENGE already read) or (None, 0) after a connect_failed event. The handshake completes with the
     session's first transfer (see above): the CHALLENGE's first bytes with authentication, else a first
-    beat. Kept here rather than in client.py, so that a device without TLS does not carry its code."""
+    beat. auth: the connection's auth.DeviceAuth, or None. Kept here rather than in client.py, so that a
+    device without TLS does not carry its code."""
     from .protocol import HEADER_SIZE
+    from . import dial  # the connect path, which runs this
 
     net = client.net
+    ctx, hostname, timeout_ms = client.tls
     sock = None
     reason = None
     detail = None
     n = 0
     try:
-        sock = tlsc.wrap(raw)
-        if client.auth is not None:
-            n = await compat.wait_for_ms(handshake(sock, client.auth.challenge_view(), 0), tlsc.timeout_ms)
+        sock = wrap(ctx, raw, hostname)
+        if auth is not None:
+            n = await compat.wait_for_ms(handshake(sock, auth.challenge_view(), 0), timeout_ms)
             if n == 0:
                 reason, detail = CLOSED, "eof"
         else:
-            await compat.wait_for_ms(handshake(sock, client.beat, HEADER_SIZE), tlsc.timeout_ms)
+            await compat.wait_for_ms(handshake(sock, client.beat, HEADER_SIZE), timeout_ms)
             client.stats.beats_sent += 1
     except compat.TimeoutError:
-        reason, detail = TIMEOUT, "%dms" % tlsc.timeout_ms
+        reason, detail = TIMEOUT, "%dms" % timeout_ms
     except (OSError, ValueError) as e:
         reason, detail = failure(e)
     except compat.CancelledError:
@@ -174,14 +173,14 @@ async def start(client, tlsc, raw, t0):
         raise
     now = compat.ticks_ms()
     if reason is None:
-        client.ev.emit("tls_ready", "took_ms", compat.ticks_diff(now, t0), "server_hostname", tlsc.hostname)
+        client.ev.emit("tls_ready", "took_ms", compat.ticks_diff(now, t0), "server_hostname", hostname)
         return sock, n if n > 0 else 0
     if sock is not None:
         net.close(sock)
     net.close(raw)  # a failed MicroPython handshake detaches the TLS socket from it: close it too
     client.stats.connect_failed(reason)
     client.link.connect_failed()
-    if client._failed(now, reason):  # a server with a bad certificate fails every attempt: summarised too
+    if dial.failed(client, now, reason):  # a server with a bad certificate fails every attempt: summarised too
         client.ev.emit(
             "connect_failed", "attempt", client.stats.attempts, "reason", reason, "detail", detail,
             "took_ms", compat.ticks_diff(now, t0),

@@ -91,7 +91,7 @@ MUTANTS = {
         "compat.create_task(self._supervise(sock))",
         ["host_tests/test_client_hardening.py::test_an_exception_inside_a_session_ends_it_with_reason_error_and_reconnects"]),
     "idna_error_escapes_resolver": (
-        "firmware/hbkeep/compat.py", "        except ValueError:\n            # CPython's IDNA", "        except KeyError:\n            # CPython's IDNA",
+        "firmware/hbkeep/dial.py", "    except ValueError:\n        # CPython's IDNA", "    except KeyError:\n        # CPython's IDNA",
         ["host_tests/test_client_hardening.py::test_a_host_label_over_63_characters_is_a_resolve_failure_not_the_end"]),
     "stall_judged_one_ms_late": (
         "firmware/hbkeep/link.py", "ticks_diff(now, self.tx_blocked_at) >= self.limit_ms:",
