@@ -120,11 +120,12 @@ def test_every_board_key_the_package_reads_after_start_is_kept():
             continue
         keys = board_keys_read(os.path.join(package, name))
         seen |= keys
-        # start.py and wdtpark.resume (boot.py) read the table before the client exists; client.py and
-        # compat.Net read "socket" only while the client is built (in start.prepare).
+        # start.py and wdtpark.resume (boot.py) read the table before the client exists; the client's and
+        # compat.Net's one-time set-up (clientsetup.py) reads "socket" only while the client is built (in
+        # start.prepare).
         if name in ("start.py", "wdtpark.py"):
             allowed = running | start_only
-        elif name in ("client.py", "compat.py"):
+        elif name in ("client.py", "compat.py", "clientsetup.py"):
             allowed = running | {"socket"}
         else:
             allowed = running

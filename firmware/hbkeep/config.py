@@ -2,10 +2,7 @@
 # stops start-up with an error naming the key and what it expected: a device that silently ran with a
 # misspelt "beat_ms" would be worse than one that refuses to start.
 
-from .compat import MICROPYTHON
-
-if not MICROPYTHON:  # MicroPython substitutes const() while compiling; CPython calls it
-    const = int
+from .compat import const
 
 # name: (kind, default, low, high) for numbers; (kind, default, choices) for choice strings. The kinds
 # are numbers written into the code (const), so that they leave no names behind once the module is gone.

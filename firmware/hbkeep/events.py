@@ -1,9 +1,6 @@
 # Event lines and counters. Format (docs/EVENTS.md): "<ms> <event> key=value ...", one line per event.
 # Per-frame things (beats, echoes) are counted here and printed only in verbose mode.
-from .compat import MICROPYTHON, ticks_ms, write_line
-
-if not MICROPYTHON:  # MicroPython substitutes const() while compiling; CPython calls it
-    const = int
+from .compat import const, ticks_ms, write_line
 
 
 class Events:

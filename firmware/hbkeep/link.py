@@ -5,10 +5,7 @@
 #
 # While connected, the driver asks one question, decide(now), and acts on the answer: the order in
 # which the rules are weighed lives here, not in the driver.
-from .compat import MICROPYTHON, ticks_add, ticks_diff
-
-if not MICROPYTHON:  # MicroPython substitutes const() while compiling; CPython calls it
-    const = int
+from .compat import const, ticks_add, ticks_diff
 
 # peer_timeout modes
 AUTO = "auto"  # judge silence only once the server has sent something on this connection

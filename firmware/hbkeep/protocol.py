@@ -7,10 +7,7 @@
 # a few dozen KiB: a frame lying whole inside the caller's buffer is reported where it lies (zero copy);
 # a frame split across reads is assembled in one buffer allocated once.
 
-from .compat import MICROPYTHON, copy_bytes
-
-if not MICROPYTHON:  # MicroPython substitutes const() while compiling; CPython calls it
-    const = int
+from .compat import const, copy_bytes
 
 # const(): written as numbers into this module's code; still importable by name from elsewhere.
 HEART = const(0)

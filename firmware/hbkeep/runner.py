@@ -8,9 +8,7 @@
 # Whatever runs once (checks, parsing, setting up) is in start.py, which leaves the heap once done: what
 # stays here is what runs for as long as the firmware does.
 from . import compat
-
-if not compat.MICROPYTHON:  # MicroPython substitutes const() while compiling; CPython calls it
-    const = int
+from .compat import const
 
 _PAUSE_FIRST_MS = const(1000)
 _PAUSE_MAX_MS = const(60000)

@@ -2,10 +2,8 @@
 # switches, the board table, the config, the client; then, loaded once more by runner.Firmware, the
 # services around the client.
 from . import compat
+from .compat import const
 from .runner import OK
-
-if not compat.MICROPYTHON:  # MicroPython substitutes const() while compiling; CPython calls it
-    const = int
 
 _BAD_FILE = const(2)  # exit code of a host run with a bad board or config file (a board ignores it)
 

@@ -7,10 +7,7 @@
 # round, is a trap; so both paths parse with this one reader. It works on bytes (indexing a non-ASCII
 # str is O(n) on MicroPython), limits nesting, and reports line and column of the first fault.
 
-from .compat import MICROPYTHON
-
-if not MICROPYTHON:  # MicroPython substitutes const() while compiling; CPython calls it
-    const = int
+from .compat import const
 
 MAX_DEPTH = const(8)  # a valid config nests two levels ({"keepalive": {...}}); deeper is a mistake or an attack
 _MAX_DIGITS = const(18)  # longer numbers are no setting anyone means, and would make big ints on a board
