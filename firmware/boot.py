@@ -10,5 +10,8 @@ try:
         # Nothing to keep fed: forget the module, so that it holds no heap while the REPL is in use.
         del sys.modules["hbkeep.wdtpark"]
         del hbkeep.wdtpark
+    # boot.py runs in the namespace the REPL and main.py then use: a name left there would hold the
+    # module for good. A parked watchdog's timer holds what it needs of it.
+    del hbkeep, wdtpark
 except Exception as e:  # a half-copied package must not stop the board from reaching the REPL
     print("0 boot_error error=%s:%s" % (type(e).__name__, e))

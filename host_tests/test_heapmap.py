@@ -84,7 +84,12 @@ def test_from_romfs_code_stays_in_the_image(mpy_map, romfs_map):
     assert abs(int(romfs_map["entry_bytes"]) - int(mpy_map["entry_bytes"])) < 512
     assert _modules(romfs_map).keys() == _modules(mpy_map).keys()
     assert int(romfs_map["firmware_bytes"]) < int(mpy_map["firmware_bytes"]) * 0.8
-    assert int(romfs_map["module_hbkeep.client_bytes"]) < int(mpy_map["module_hbkeep.client_bytes"]) // 2
+    # The client's code, less its names: a name pool that grows while it loads lands in its row, and
+    # where that happens depends on how many names the modules before it interned.
+    def code(m):
+        return int(m["module_hbkeep.client_bytes"]) - int(m["module_hbkeep.client_qstr_bytes"])
+
+    assert code(romfs_map) < code(mpy_map) // 2
     # The same names interned, their text in the image rather than the heap.
     assert romfs_map["firmware_qstrs"] == mpy_map["firmware_qstrs"]
 

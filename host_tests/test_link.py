@@ -7,10 +7,9 @@ from firmware.hbkeep.link import BEAT, NOTHING, SILENT, STALLED, Link
 def test_beats_every_beat_ms_and_never_bursts_after_a_stall():
     lk = Link(1000)
     lk.up(0)
-    assert not lk.beat_due(999) and lk.beat_due(1000)
-    lk.beat_sent(1000)
+    assert lk.decide(999) == NOTHING and lk.decide(1000) == BEAT
     assert lk.next_beat == 2000
-    lk.beat_sent(7500)  # the loop was stuck for 5 s: next beat from now, not five at once
+    assert lk.decide(7500) == BEAT  # the loop was stuck for 5 s: next beat from now, not five at once
     assert lk.next_beat == 8500
 
 
@@ -19,10 +18,10 @@ def test_silence_rules(mode):
     lk = Link(100, peer_timeout=mode, peer_miss=3)
     lk.up(0)
     # Never heard anything on this connection.
-    assert lk.silent(10_000) is (mode == "strict")
+    assert (lk.decide(10_000) == SILENT) is (mode == "strict")
     lk.received(10_000)
-    assert not lk.silent(10_299)
-    assert lk.silent(10_300) is (mode != "off")
+    assert lk.decide(10_299) != SILENT
+    assert (lk.decide(10_300) == SILENT) is (mode != "off")
 
 
 def test_silence_counts_from_the_last_byte_received():
@@ -30,28 +29,27 @@ def test_silence_counts_from_the_last_byte_received():
     lk.up(0)
     for t in range(0, 5000, 250):  # the peer talks every 250 ms: < 300 ms limit
         lk.received(t)
-        assert not lk.silent(t + 299)
+        assert lk.decide(t + 299) != SILENT
 
 
 def test_stall_is_judged_from_when_writes_blocked():
     lk = Link(100, peer_miss=3)
     lk.up(0)
-    assert not lk.stalled(10_000)
+    assert lk.decide(10_000) != STALLED
     lk.tx_blocked(500)
-    assert not lk.stalled(799) and lk.stalled(800)
+    assert lk.decide(799) != STALLED and lk.decide(800) == STALLED
     lk.tx_unblocked()
-    assert not lk.stalled(5000)
+    assert lk.decide(5000) != STALLED
     off = Link(100, peer_timeout="off")
     off.tx_blocked(0)
-    assert not off.stalled(10**6)
+    assert off.decide(10**6) != STALLED
 
 
 def test_wait_ms_is_the_time_to_the_next_decision():
     lk = Link(1000, peer_timeout="strict", peer_miss=3)
     lk.up(0)
     assert lk.wait_ms(0) == 1000  # next beat
-    lk.beat_sent(1000)
-    lk.beat_sent(2000)
+    assert lk.decide(1000) == BEAT and lk.decide(2000) == BEAT
     assert lk.wait_ms(2500) == 500  # silence deadline at 3000 comes before the beat at 3000? equal
     assert lk.wait_ms(2500, beating=False) == 500
     lk.received(2500)
@@ -102,12 +100,12 @@ def test_silence_is_not_judged_while_the_receiver_is_paused_on_its_own_write():
     lk.received(0)
     lk.reading_paused(100)
     lk.tx_blocked(100)
-    assert not lk.silent(5000)
+    assert lk.decide(5000) != SILENT  # (the stall rule answers instead)
     assert lk.wait_ms(200, beating=False) == 200  # only the stall deadline counts: 100 + 300 - 200
     lk.tx_unblocked()
     lk.reading_resumed(5000)
     # The silence clock skips the 4900 ms spent not reading: 100 ms of silence were already counted.
-    assert not lk.silent(5199) and lk.silent(5200)
+    assert lk.decide(5199) != SILENT and lk.decide(5200) == SILENT
 
 
 def test_our_own_writes_do_not_reset_the_silence_clock():
@@ -118,7 +116,7 @@ def test_our_own_writes_do_not_reset_the_silence_clock():
     for t in (100, 200):
         lk.tx_blocked(t)
         lk.tx_unblocked()
-    assert lk.silent(300)
+    assert lk.decide(300) == SILENT
 
 
 def test_write_progress_keeps_a_slow_reader_from_counting_as_stalled():
@@ -126,8 +124,8 @@ def test_write_progress_keeps_a_slow_reader_from_counting_as_stalled():
     lk.up(0)
     for t in range(0, 3000, 200):  # a byte gets through every 200 ms: < 300 ms limit
         lk.tx_blocked(t)
-        assert not lk.stalled(t + 299)
-    assert lk.stalled(2800 + 300)
+        assert lk.decide(t + 299) != STALLED
+    assert lk.decide(2800 + 300) == STALLED
 
 
 # -- decide(): the one question the driver asks, and the order in which the rules answer it ----------

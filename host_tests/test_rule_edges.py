@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from firmware.hbkeep.link import Link
+from firmware.hbkeep.link import BEAT, NOTHING, SILENT, STALLED, Link
 from support.fake_device import EventLog, run
 from support import vloop
 from support.fake_sockets import FakeConn, FakeNet
@@ -32,18 +32,18 @@ def runtime(any_runtime):
 def test_the_beat_schedule_does_not_drift_when_a_beat_goes_out_late():
     lk = Link(1000)
     lk.up(0)
-    lk.beat_sent(1007)  # the supervisor woke 7 ms late: the next beat is still due at 2000
+    assert lk.decide(1007) == BEAT  # the supervisor woke 7 ms late: the next beat is still due at 2000
     assert lk.next_beat == 2000
-    lk.beat_sent(2999)  # 999 ms late: still on the schedule, not a burst
+    assert lk.decide(2999) == BEAT  # 999 ms late: still on the schedule, not a burst
     assert lk.next_beat == 3000
-    lk.beat_sent(3000 + 1000)  # a whole period late: from now, not a burst of catch-up beats
+    assert lk.decide(3000 + 1000) == BEAT  # a whole period late: from now, not a burst of catch-up beats
     assert lk.next_beat == 5000
 
 
-def test_beat_due_edges():
+def test_a_beat_is_due_exactly_beat_ms_after_the_connection_came_up():
     lk = Link(250)
     lk.up(10)
-    assert not lk.beat_due(259) and lk.beat_due(260)
+    assert lk.decide(259) == NOTHING and lk.decide(260) == BEAT
 
 
 def test_backoff_resets_after_exactly_one_beat_period_not_one_ms_sooner():
@@ -74,8 +74,8 @@ def test_silence_judged_exactly_per_mode_and_at_the_limit(mode, heard, judged):
     lk.up(0)
     if heard:
         lk.received(0)
-    assert not lk.silent(399)
-    assert lk.silent(400) is judged
+    assert lk.decide(399) != SILENT
+    assert (lk.decide(400) == SILENT) is judged
 
 
 def test_paused_reading_skips_exactly_the_paused_span():
@@ -83,16 +83,16 @@ def test_paused_reading_skips_exactly_the_paused_span():
     lk.up(0)
     lk.reading_paused(50)
     lk.reading_resumed(1050)  # 1000 ms not reading: the limit moves from 300 to 1300
-    assert not lk.silent(1299) and lk.silent(1300)
+    assert lk.decide(1299) != SILENT and lk.decide(1300) == SILENT
 
 
 def test_stall_edges_and_progress_restarts_the_count():
     lk = Link(100, peer_miss=3)
     lk.up(0)
     lk.tx_blocked(1000)
-    assert not lk.stalled(1299) and lk.stalled(1300)
+    assert lk.decide(1299) != STALLED and lk.decide(1300) == STALLED
     lk.tx_blocked(1299)  # a byte went through
-    assert not lk.stalled(1598) and lk.stalled(1599)
+    assert lk.decide(1598) != STALLED and lk.decide(1599) == STALLED
 
 
 # -- the client: rules that live in the driver ---------------------------------------------------

@@ -4,11 +4,12 @@ growing pause, the status LED, and no password in any line. CPython with a virtu
 import asyncio
 import json
 import os
+import re
 import subprocess
 
 import pytest
 
-from firmware.hbkeep import compat, runner
+from firmware.hbkeep import compat, runner, start
 from firmware.hbkeep.client import Client
 from firmware.hbkeep.config import Config
 from firmware.hbkeep.events import Events
@@ -90,6 +91,51 @@ def test_a_config_error_never_prints_the_wifi_password(flash, capsys):
     assert rc == 2 and "wifi.pasword" in lines[0] and "hunter2" not in "\n".join(lines)
 
 
+# -- what stays on the heap after start -------------------------------------------------------------
+def test_prepare_hands_on_only_the_board_entries_read_after_start(flash):
+    root, write = flash
+    full = board("unix", socket=dict(board("unix")["socket"], pending=[7, 8]))
+    write({"port": 1}, full)
+    cfg, table, client = runner.prepare("config.json", "board.json")
+    assert client.board is table
+    assert "about" in full and "about" not in table and "socket" not in table
+    assert sorted(table) == sorted(k for k in start.RUNNING_KEYS if k in full)
+    assert table["name"] == "unix" and table["sockopts"] == full["sockopts"]
+    # What the start-up read from the dropped entries is in force all the same: the port's socket answers.
+    assert client.net.pending == (7, 8)
+
+
+def board_keys_read(path):
+    with open(path) as f:
+        return set(re.findall(r"""board(?:\.get\(|\[)["'](\w+)["']""", f.read()))
+
+
+def test_every_board_key_the_package_reads_after_start_is_kept():
+    package = os.path.join(FIRMWARE_DIR, "hbkeep")
+    running, start_only = set(start.RUNNING_KEYS), set(start.START_KEYS)
+    assert not running & start_only
+    seen = set()
+    for name in sorted(os.listdir(package)):
+        if not name.endswith(".py"):
+            continue
+        keys = board_keys_read(os.path.join(package, name))
+        seen |= keys
+        # start.py and wdtpark.resume (boot.py) read the table before the client exists; the client's and
+        # compat.Net's one-time set-up (clientsetup.py) reads "socket" only while the client is built (in
+        # start.prepare).
+        if name in ("start.py", "wdtpark.py"):
+            allowed = running | start_only
+        elif name in ("client.py", "compat.py", "clientsetup.py"):
+            allowed = running | {"socket"}
+        else:
+            allowed = running
+        assert keys <= allowed, "%s reads %s, dropped from the table after start" % (name, sorted(keys - allowed))
+    assert {"name", "sockopts", "led_pin", "wdt_park_ms", "socket", "boot_hold_pin"} <= seen  # the regex finds reads
+    for name in os.listdir(BOARDS_DIR):
+        table = board(name)
+        assert set(table) <= running | start_only, "%s: unclassified keys %s" % (name, sorted(set(table) - running - start_only))
+
+
 # -- restarts ------------------------------------------------------------------------------------
 class Rig:
     def __init__(self, board_table, plans=(), app=None, **cfg):
@@ -130,6 +176,42 @@ def test_a_failing_service_restarts_with_a_pause_that_grows_and_the_rest_runs_on
                                                          "60000", "60000"]
     # The link was not touched (the one disconnect is the test stopping everything).
     assert rig.events("connected") and [e[1]["reason"] for e in rig.events("disconnected")] == ["stop"]
+
+
+def test_a_crash_of_the_loop_itself_is_an_event_and_the_same_services_start_again(monkeypatch):
+    # Services are set up once (start.py, then forgotten): a new loop after a crash of the loop itself
+    # starts the same ones again, with the pause, until an interrupt ends the firmware.
+    apps = []
+
+    async def app(client):
+        apps.append(client)
+        await asyncio.sleep(3600)
+
+    rig = Rig(board("unix"), [FakeConn(), FakeConn()], app=app)
+    jobs_seen, paused = [], []
+
+    def run(coro):
+        async def main():
+            task = asyncio.create_task(coro)
+            await asyncio.sleep(1)
+            task.cancel()
+
+        vloop.run(main())
+        jobs_seen.append(rig.fw.jobs)
+        if len(jobs_seen) == 1:
+            raise RuntimeError("the loop broke")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compat, "run", run)
+    monkeypatch.setattr(compat, "block_ms", paused.append)
+    monkeypatch.setattr(compat, "on_terminate", lambda: None)  # no signal handlers in the test process
+    monkeypatch.setattr(compat, "ignore_interrupts", lambda: None)
+    assert rig.fw.run() == runner.OK
+    assert rig.events("crash")[0][1] == {"task": "loop", "error": "RuntimeError:_the_loop_broke", "restart_ms": "1000"}
+    assert paused == [1000]
+    assert jobs_seen[0] is jobs_seen[1] and [job[0] for job in jobs_seen[0]] == ["app", "client"]
+    assert apps == [rig.client, rig.client] and len(rig.events("connected")) == 2
+    assert [e[1]["reason"] for e in rig.events("stopped")] == ["interrupt"]
 
 
 def test_a_service_that_ran_steadily_starts_again_from_the_first_pause():

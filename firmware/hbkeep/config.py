@@ -2,56 +2,59 @@
 # stops start-up with an error naming the key and what it expected: a device that silently ran with a
 # misspelt "beat_ms" would be worse than one that refuses to start.
 
-# name: (kind, default, low, high) for numbers; (kind, default, choices) for choice strings.
-INT = "integer"
-BOOL = "boolean"
-STR = "string"
-CHOICE = "one of"
+from .compat import const
+
+# name: (kind, default, low, high) for numbers; (kind, default, choices) for choice strings. The kinds
+# are numbers written into the code (const), so that they leave no names behind once the module is gone.
+_INT = const(0)
+_BOOL = const(1)
+_STR = const(2)
+_CHOICE = const(3)
 
 SPEC = {
-    "host": (STR, "127.0.0.1"),
-    "port": (INT, 39002, 1, 65535),
-    "mode": (CHOICE, "framed", ("framed", "raw")),
-    "beat_ms": (INT, 3000, 10, 3600000),
-    "peer_timeout": (CHOICE, "auto", ("auto", "strict", "off")),
-    "peer_miss": (INT, 3, 1, 1000),
-    "retry_ms": (INT, 100, 1, 3600000),
-    "backoff_max_ms": (INT, 0, 0, 3600000),
-    "connect_timeout_ms": (INT, 3000, 10, 600000),
-    "max_payload": (INT, 1024, 1, 1048576),
-    "rx_buf": (INT, 2048, 64, 1048576),
-    "nodelay": (BOOL, True),
-    "verbose": (BOOL, False),
-    "stats_ms": (INT, 10000, 0, 86400000),
-    "wdt_ms": (INT, 0, 0, 3600000),
+    "host": (_STR, "127.0.0.1"),
+    "port": (_INT, 39002, 1, 65535),
+    "mode": (_CHOICE, "framed", ("framed", "raw")),
+    "beat_ms": (_INT, 3000, 10, 3600000),
+    "peer_timeout": (_CHOICE, "auto", ("auto", "strict", "off")),
+    "peer_miss": (_INT, 3, 1, 1000),
+    "retry_ms": (_INT, 100, 1, 3600000),
+    "backoff_max_ms": (_INT, 0, 0, 3600000),
+    "connect_timeout_ms": (_INT, 3000, 10, 600000),
+    "max_payload": (_INT, 1024, 1, 1048576),
+    "rx_buf": (_INT, 2048, 64, 1048576),
+    "nodelay": (_BOOL, True),
+    "verbose": (_BOOL, False),
+    "stats_ms": (_INT, 10000, 0, 86400000),
+    "wdt_ms": (_INT, 0, 0, 3600000),
 }
 
 # TCP keepalive, seconds and a probe count; seed defaults 3 s / 3 s / 3. `"keepalive": false` turns
 # SO_KEEPALIVE off altogether.
 KEEPALIVE_SPEC = {
-    "idle": (INT, 3, 1, 32767),
-    "intvl": (INT, 3, 1, 32767),
-    "cnt": (INT, 3, 1, 127),
+    "idle": (_INT, 3, 1, 32767),
+    "intvl": (_INT, 3, 1, 32767),
+    "cnt": (_INT, 3, 1, 127),
 }
 
 # 2^29 ms: the longest span time.ticks_diff() can tell and ticks_add() accepts (docs/PORTS.md).
-TICKS_SPAN_MAX = 1 << 29
+TICKS_SPAN_MAX = const(1 << 29)
 
 # Only used on boards. Values are never printed, not even in errors.
 WIFI_KEYS = ("ssid", "password")
 
 # TLS (docs/SECURITY.md): the CA file on flash, the name checked and sent as SNI (default: host).
 TLS_SPEC = {
-    "ca": (STR, None),
-    "server_hostname": (STR, None),
-    "handshake_timeout_ms": (INT, 5000, 100, 600000),  # the default is also set in Config._tls
-    "ntp_host": (STR, "pool.ntp.org"),  # boards set their clock from it (certificate dates); default in _tls
+    "ca": (_STR, None),
+    "server_hostname": (_STR, None),
+    "handshake_timeout_ms": (_INT, 5000, 100, 600000),  # the default is also set in Config._tls
+    "ntp_host": (_STR, "pool.ntp.org"),  # boards set their clock from it (certificate dates); default in _tls
 }
 # Device authentication (docs/SECURITY.md). The key is never printed, not even in errors.
 AUTH_SPEC = {
-    "id": (STR, None),
-    "key": (STR, None),
-    "timeout_ms": (INT, 5000, 100, 600000),  # the default is also set in Config._auth
+    "id": (_STR, None),
+    "key": (_STR, None),
+    "timeout_ms": (_INT, 5000, 100, 600000),  # the default is also set in Config._auth
 }
 NESTED = ("keepalive", "wifi", "tls", "auth")
 
@@ -62,16 +65,16 @@ class ConfigError(ValueError):
 
 def _check(name, spec, value):
     kind = spec[0]
-    if kind == INT:
+    if kind == _INT:
         # bool is an int subclass on both runtimes; `true` for a number is a mistake, not 1.
         if not isinstance(value, int) or isinstance(value, bool):
             raise ConfigError("%s: expected an integer from %d to %d, got %r" % (name, spec[2], spec[3], value))
         if value < spec[2] or value > spec[3]:
             raise ConfigError("%s: expected an integer from %d to %d, got %d" % (name, spec[2], spec[3], value))
-    elif kind == BOOL:
+    elif kind == _BOOL:
         if not isinstance(value, bool):
             raise ConfigError("%s: expected true or false, got %r" % (name, value))
-    elif kind == STR:
+    elif kind == _STR:
         if not isinstance(value, str) or not value:
             raise ConfigError("%s: expected a non-empty string, got %r" % (name, value))
     else:
@@ -238,7 +241,7 @@ class Config:
             self.auth_timeout_ms = _check("auth.timeout_ms", AUTH_SPEC["timeout_ms"], auth["timeout_ms"])
 
 
-MAX_FILE_BYTES = 8192  # a full config with Wi-Fi is under 1 KiB; more is not a config, and costs heap
+MAX_FILE_BYTES = const(8192)  # a full config with Wi-Fi is under 1 KiB; more is not a config, and costs heap
 
 
 def parse(data, path):

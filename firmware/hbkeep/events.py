@@ -1,6 +1,6 @@
 # Event lines and counters. Format (docs/EVENTS.md): "<ms> <event> key=value ...", one line per event.
 # Per-frame things (beats, echoes) are counted here and printed only in verbose mode.
-from .compat import ticks_ms, write_line
+from .compat import const, ticks_ms, write_line
 
 
 class Events:
@@ -27,7 +27,7 @@ class Events:
         self.write(" ".join(parts))
 
 
-SMALL_INT_MAX = 0x3FFFFFFF  # 2^30 - 1: the largest small int on a 32-bit board; past it an int is a heap object
+SMALL_INT_MAX = const(0x3FFFFFFF)  # 2^30 - 1: the largest small int on a 32-bit board; past it an int is a heap object
 
 
 class Stats:
@@ -67,15 +67,13 @@ class Stats:
         else:
             self.bytes_echoed += nbytes
 
-    @staticmethod
-    def _bump(table, key):
-        table[key] = table.get(key, 0) + 1
-
     def disconnected(self, reason):
-        self._bump(self.disconnects, reason)
+        table = self.disconnects
+        table[reason] = table.get(reason, 0) + 1
 
     def connect_failed(self, reason):
-        self._bump(self.connect_failures, reason)
+        table = self.connect_failures
+        table[reason] = table.get(reason, 0) + 1
 
     @staticmethod
     def _table(table):

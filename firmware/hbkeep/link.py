@@ -5,20 +5,21 @@
 #
 # While connected, the driver asks one question, decide(now), and acts on the answer: the order in
 # which the rules are weighed lives here, not in the driver.
-from .compat import ticks_add, ticks_diff
+from .compat import const, ticks_add, ticks_diff
 
 # peer_timeout modes
 AUTO = "auto"  # judge silence only once the server has sent something on this connection
 STRICT = "strict"  # always
 OFF = "off"  # never (leave it to TCP keepalive)
 
-NEVER = -1
+_NEVER = const(-1)  # a tick that has not happened (tx_blocked_at, paused_at)
 
 # What decide() tells the driver to do now. Small ints: answering allocates nothing on MicroPython.
-NOTHING = 0  # sleep for Link.wait ms, then ask again
-BEAT = 1  # send a HEART now (already booked as sent: the next one is due beat_ms later)
-SILENT = 2  # the peer said nothing for limit_ms: end the connection
-STALLED = 3  # our writes stayed blocked for limit_ms: end the connection
+# const(): written as numbers into this module's code; still importable by name from elsewhere.
+NOTHING = const(0)  # sleep for Link.wait ms, then ask again
+BEAT = const(1)  # send a HEART now (already booked as sent: the next one is due beat_ms later)
+SILENT = const(2)  # the peer said nothing for limit_ms: end the connection
+STALLED = const(3)  # our writes stayed blocked for limit_ms: end the connection
 
 
 class Link:
@@ -50,8 +51,8 @@ class Link:
         self.last_rx = now
         self.heard = False
         self.next_beat = ticks_add(now, self.beat_ms)
-        self.tx_blocked_at = NEVER
-        self.paused_at = NEVER  # the receiver is waiting on a write of its own since then
+        self.tx_blocked_at = _NEVER
+        self.paused_at = _NEVER  # the receiver is waiting on a write of its own since then
         self.beats_unheard = 0
 
     def received(self, now):
@@ -60,9 +61,6 @@ class Link:
         self.heard = True
         self.beats_unheard = 0
 
-    def beat_due(self, now):
-        return ticks_diff(now, self.next_beat) >= 0
-
     def beats_held(self):
         """True while a beat must not be written: the port's unacknowledged-write budget is spent."""
         return self.beats_unacked_max > 0 and self.beats_unheard >= self.beats_unacked_max
@@ -70,46 +68,27 @@ class Link:
     def beat_written(self):
         self.beats_unheard += 1
 
-    def beat_sent(self, now):
-        nxt = ticks_add(self.next_beat, self.beat_ms)
-        # After a long stall, beat on from now rather than sending a burst to catch up.
-        if ticks_diff(now, nxt) >= 0:
-            nxt = ticks_add(now, self.beat_ms)
-        self.next_beat = nxt
-
     def watching(self):
         return self.mode == STRICT or (self.mode == AUTO and self.heard)
 
     def silent_for(self, now):
         return ticks_diff(now, self.last_rx)
 
-    def silent(self, now):
-        # Not judged while the receiver is paused on a write of its own: the peer's bytes then sit
-        # unread in the socket. The stall rule covers that time.
-        return self.watching() and self.paused_at == NEVER and ticks_diff(now, self.last_rx) >= self.limit_ms
-
     def reading_paused(self, now):
         self.paused_at = now
 
     def reading_resumed(self, now):
         # Time spent not reading is not the peer's silence: the silence clock skips exactly that span.
-        if self.paused_at != NEVER:
+        if self.paused_at != _NEVER:
             self.last_rx = ticks_add(self.last_rx, ticks_diff(now, self.paused_at))
-            self.paused_at = NEVER
+            self.paused_at = _NEVER
 
     def tx_blocked(self, now):
         # Also called on each bit of progress: a slow reader is not a stalled one.
         self.tx_blocked_at = now
 
     def tx_unblocked(self):
-        self.tx_blocked_at = NEVER
-
-    def stalled(self, now):
-        # A peer that stops reading leaves our writes blocked forever; on boards without TCP
-        # keepalive this is the only way to notice. Judged like silence, but regardless of `heard`.
-        if self.mode == OFF or self.tx_blocked_at == NEVER:
-            return False
-        return ticks_diff(now, self.tx_blocked_at) >= self.limit_ms
+        self.tx_blocked_at = _NEVER
 
     def stalled_for(self, now):
         return ticks_diff(now, self.tx_blocked_at)
@@ -118,16 +97,26 @@ class Link:
         """What the driver does now: SILENT, STALLED, BEAT or NOTHING, weighed in that order, so a
         dead link is reported before a beat is spent on it. After BEAT or NOTHING, self.wait holds
         the ms from `now` the driver may sleep before asking again. An int answer plus an int
-        attribute rather than a tuple: this runs every beat period and must not allocate on a board."""
-        if self.silent(now):
+        attribute rather than a tuple: this runs every beat period and must not allocate on a board.
+        Each rule is written out here rather than in a method of its own: on a board every method is
+        code and names on the heap for good. Tests ask decide() itself."""
+        # Silence: not judged while the receiver is paused on a write of its own (the peer's bytes then
+        # sit unread in the socket; the stall rule covers that time).
+        if self.watching() and self.paused_at == _NEVER and ticks_diff(now, self.last_rx) >= self.limit_ms:
             return SILENT
-        if self.stalled(now):
+        # A stall: a peer that stops reading leaves our writes blocked forever; on boards without TCP
+        # keepalive this is the only way to notice. Judged like silence, but regardless of `heard`.
+        if self.mode != OFF and self.tx_blocked_at != _NEVER and ticks_diff(now, self.tx_blocked_at) >= self.limit_ms:
             return STALLED
         act = NOTHING
-        if self.beats and self.beat_due(now):
+        if self.beats and ticks_diff(now, self.next_beat) >= 0:
             # Booked as sent even when the driver skips it (write side busy): a skipped beat is not
             # made up for, the next one comes beat_ms later as usual.
-            self.beat_sent(now)
+            nxt = ticks_add(self.next_beat, self.beat_ms)
+            # After a long stall, beat on from now rather than sending a burst to catch up.
+            if ticks_diff(now, nxt) >= 0:
+                nxt = ticks_add(now, self.beat_ms)
+            self.next_beat = nxt
             act = BEAT
         self.wait = self.wait_ms(now, self.beats)
         return act
@@ -137,11 +126,11 @@ class Link:
         wait = self.limit_ms
         if beating:
             wait = ticks_diff(self.next_beat, now)
-        if self.watching() and self.paused_at == NEVER:
+        if self.watching() and self.paused_at == _NEVER:
             w = self.limit_ms - ticks_diff(now, self.last_rx)
             if w < wait:
                 wait = w
-        if self.tx_blocked_at != NEVER and self.mode != OFF:
+        if self.tx_blocked_at != _NEVER and self.mode != OFF:
             w = self.limit_ms - ticks_diff(now, self.tx_blocked_at)
             if w < wait:
                 wait = w

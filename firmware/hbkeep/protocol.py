@@ -7,23 +7,18 @@
 # a few dozen KiB: a frame lying whole inside the caller's buffer is reported where it lies (zero copy);
 # a frame split across reads is assembled in one buffer allocated once.
 
-from .compat import copy_bytes
+from .compat import const, copy_bytes
 
-HEART = 0
-DATA = 1
-HEADER_SIZE = 8
+# const(): written as numbers into this module's code; still importable by name from elsewhere.
+HEART = const(0)
+DATA = const(1)
+HEADER_SIZE = const(8)
 
 # Decoder.event after feed()
-NEED_MORE = 0  # every byte given was consumed; a partial frame may be held
-FRAME_IN_PLACE = 1  # a whole frame lies at buf[start:start + 8 + length]
-FRAME_ASSEMBLED = 2  # a whole frame lies at decoder.frame[0:8 + length]
-ERROR = 3  # the stream is broken; see error_field, error_value, error_reason
-
-# Error reasons, kept as module constants so that reporting one allocates nothing new.
-R_NEGATIVE = "negative"
-R_TOO_LARGE = "too_large"
-R_UNKNOWN = "unknown"
-R_HEART_PAYLOAD = "heart_with_payload"
+NEED_MORE = const(0)  # every byte given was consumed; a partial frame may be held
+FRAME_IN_PLACE = const(1)  # a whole frame lies at buf[start:start + 8 + length]
+FRAME_ASSEMBLED = const(2)  # a whole frame lies at decoder.frame[0:8 + length]
+ERROR = const(3)  # the stream is broken; see error_field, error_value, error_reason
 
 
 def encode_header(buf, off, ftype, length):
@@ -78,28 +73,28 @@ class Decoder:
         self.error_reason = None
 
     def _check(self, ftype, length):
-        # Returns True when the header is acceptable; otherwise records why.
+        # Returns True when the header is acceptable; otherwise records why. The reasons are string
+        # constants of the code: reporting one allocates nothing.
+        field = "length"
         if ftype != HEART and ftype != DATA:
-            self._fail("type", ftype, R_UNKNOWN)
-            return False
-        if length < 0:
-            self._fail("length", length, R_NEGATIVE)
-            return False
-        if length > self.max_payload:
-            self._fail("length", length, R_TOO_LARGE)
-            return False
-        if ftype == HEART and length != 0:
-            self._fail("length", length, R_HEART_PAYLOAD)
-            return False
-        self.type = ftype
-        self.length = length
-        return True
-
-    def _fail(self, field, value, reason):
+            field = "type"
+            length = ftype
+            reason = "unknown"
+        elif length < 0:
+            reason = "negative"
+        elif length > self.max_payload:
+            reason = "too_large"
+        elif ftype == HEART and length != 0:
+            reason = "heart_with_payload"
+        else:
+            self.type = ftype
+            self.length = length
+            return True
         self.error_field = field
-        self.error_value = value
+        self.error_value = length
         self.error_reason = reason
         self.event = ERROR
+        return False
 
     def feed(self, buf, pos, end):
         """Consume buf[pos:end] up to the end of at most one frame; return the new position.

@@ -2,24 +2,22 @@
 # of one's own on top of the link (docs/APP.md): main(app=..., on_data=...).
 #
 # Order: the stop switches (a `noboot` file, a pin held at boot) before anything can fail; then the
-# board table and the config (a bad one is one line and the end, with the REPL free) -- all of that in
-# start.py, which leaves the heap once done; then the services -- Wi-Fi, watchdog, status LED, the
-# application, the client -- each restarted after an exception with a pause that grows while it keeps
-# failing. Only an interrupt (Ctrl-C, mpremote) ends the firmware.
+# board table and the config (a bad one is one line and the end, with the REPL free); then the services
+# -- Wi-Fi, watchdog, status LED, the application, the client -- each restarted after an exception with a
+# pause that grows while it keeps failing. Only an interrupt (Ctrl-C, mpremote) ends the firmware.
+# Whatever runs once (checks, parsing, setting up) is in start.py, which leaves the heap once done: what
+# stays here is what runs for as long as the firmware does.
 from . import compat
+from .compat import const
 
-PAUSE_FIRST_MS = 1000
-PAUSE_MAX_MS = 60000
-STEADY_MS = 60000  # a service that ran this long before failing starts again from the first pause
-OK = 0  # exit code of a host run after an interrupt (a board ignores it)
+_PAUSE_FIRST_MS = const(1000)
+_PAUSE_MAX_MS = const(60000)
+STEADY_MS = const(60000)  # a service that ran this long before failing starts again from the first pause
+OK = const(0)  # exit code of a host run after an interrupt (a board ignores it)
 
 
 def next_pause(pause):
-    return PAUSE_FIRST_MS if pause == 0 else (pause * 2 if pause * 2 < PAUSE_MAX_MS else PAUSE_MAX_MS)
-
-
-class Settings:
-    """The validated config as plain attributes, free of the validator's class and module."""
+    return _PAUSE_FIRST_MS if pause == 0 else (pause * 2 if pause * 2 < _PAUSE_MAX_MS else _PAUSE_MAX_MS)
 
 
 def prepare(config_path, board_path):
@@ -52,7 +50,8 @@ class Firmware:
         self.client = client
         self.ev = client.ev
         self.app = app
-        self.feeder = None
+        self.feeder = None  # the watchdog's, once set up: interrupted() parks it
+        self.jobs = None  # (name, coroutine function, arguments) of each service, once set up
 
     def run(self):
         pause = 0
@@ -91,44 +90,31 @@ class Firmware:
                     pass
 
     async def services(self):
-        cfg = self.cfg
-        board = self.board
-        client = self.client
-        # Each only where the board table has it: the unix board has no Wi-Fi, watchdog or LED.
-        if board.get("wifi") and cfg.wifi_ssid:
-            from . import wifi
+        # Set up once (start.py, which then leaves the heap again); after a crash of the loop itself the
+        # same services start again. The last one, the client, runs in this task.
+        jobs = self.jobs
+        if jobs is None:
+            jobs = self.jobs = self.set_up()
+        last = len(jobs) - 1
+        for i in range(last):
+            compat.create_task(self.keep(*jobs[i]))
+        await self.keep(*jobs[last])
 
-            station = wifi.Station(cfg, board, client.ev)
-            client.net.link_up = station.up  # no DNS or connect while the station has no IP
-            compat.create_task(self.keep("wifi", station.keep))
-        if cfg.wdt_ms:
-            from . import watchdog
+    def set_up(self):
+        # Not inside services(): its frame lives as long as the firmware, and would keep start.py alive.
+        from . import start
 
-            ms = watchdog.timeout_for(cfg, board, self.ev)
-            if ms:
-                self.feeder = watchdog.Feeder(client, ms, self.ev)
-                compat.create_task(self.keep("watchdog", self.feeder.run))
-        if cfg.tls_ca and board.get("rtc"):
-            # Certificate dates are checked against the RTC, which a board starts at its epoch: set it.
-            from . import sntp
+        jobs = start.services(self)
+        compat.forget_module("start")
+        return jobs
 
-            compat.create_task(self.keep("sntp", lambda: sntp.keep(cfg.tls_ntp_host, client.ev, client.net.link_up)))
-        if board.get("led_pin") is not None and compat.machine_has("Pin"):
-            from .led import StatusLed
-
-            led = StatusLed(board)
-            compat.create_task(self.keep("led", lambda: led.show(client)))
-        if self.app is not None:
-            compat.create_task(self.keep("app", lambda: self.app(client)))
-        await self.keep("client", client.run)
-
-    async def keep(self, name, start):
-        """Run start() again after each exception, pausing longer while it keeps failing."""
+    async def keep(self, name, start, args):
+        """Run start(*args) again after each exception, pausing longer while it keeps failing."""
         pause = 0
         while True:
             t0 = compat.ticks_ms()
             try:
-                await start()
+                await start(*args)
                 return  # ended by itself (an application that is done)
             except compat.CancelledError:
                 raise

@@ -1,10 +1,20 @@
 # Start-up, run once by runner.main and then forgotten, so that its code leaves the heap: the stop
-# switches, the board table, the config, the client.
+# switches, the board table, the config, the client; then, loaded once more by runner.Firmware, the
+# services around the client.
 from . import compat
-from .runner import Settings, OK
+from .compat import const
+from .runner import OK
 
-NOBOOT_FILE = "noboot"  # at the root of the board's flash: main.py starts nothing
-BAD_FILE = 2  # exit code of a host run with a bad board or config file (a board ignores it)
+_BAD_FILE = const(2)  # exit code of a host run with a bad board or config file (a board ignores it)
+
+# The board table's entries read once the client exists: by the services set up below, the client
+# (name, sockopts) and the watchdog's parking (wdt_*). Only these stay on the heap; the rest -- the
+# description, the socket section (compat.Net has copied what it needs), the boot-hold pin -- is read
+# before and dropped. host_tests/test_runner.py fails naming any key the package reads that is in
+# neither list.
+RUNNING_KEYS = ("name", "sockopts", "wifi", "wifi_pm", "wifi_rejoins", "watchdog", "wdt_max_ms", "wdt_park_ms",
+                "rtc", "led_pin", "led_active_low")
+START_KEYS = ("about", "mpy_arch", "boot_hold_pin", "boot_hold_level", "socket", "wdt_running_reg")
 
 
 def _line(body):
@@ -36,6 +46,11 @@ def boot_hold(board):
     return machine.Pin(pin, machine.Pin.IN, pull).value() == level
 
 
+class Settings:
+    """The validated config as plain attributes, free of the validator's class and module. A class
+    without methods refers to nothing of this module: its instance outlives the module's code."""
+
+
 def detach(cfg):
     s = Settings()
     for name in dir(cfg):
@@ -59,13 +74,13 @@ def load_settings(path):
 
 def _fail(kind, text):
     _line("%s %s" % (kind, str(text).replace("\n", " ")))
-    return BAD_FILE
+    return _BAD_FILE
 
 
 def prepare(config_path, board_path):
     """(cfg, board, client) ready to run, or the exit code when nothing is to start. Whatever the files
     hold, this ends in one line (`autostart`, `board_error`, `config_error`) or a client: never a traceback."""
-    if _exists(NOBOOT_FILE):
+    if _exists("noboot"):  # at the root of the board's flash: main.py starts nothing
         _line("autostart state=off reason=noboot_file")
         return OK
     try:
@@ -92,7 +107,12 @@ def prepare(config_path, board_path):
         # allocated is the config's fault, and the key that sized it is named.
         compat.collect()
         return _fail("config_error", "%s: %s" % (config_path, buffer_hint(cfg)))
+    board = client.board = running_table(board)
     return cfg, board, client
+
+
+def running_table(board):
+    return {key: board[key] for key in RUNNING_KEYS if key in board}
 
 
 def buffer_hint(cfg):
@@ -105,3 +125,58 @@ def buffer_hint(cfg):
         need = max(cfg.rx_buf, frame) + frame
     return "%s=%d: buffers of %d bytes do not fit in the heap (%d bytes free); lower %s" % (
         key, getattr(cfg, key), need, compat.mem_free(), key)
+
+
+def services(fw):
+    """The services around the client, each where the board table has it (the unix board has no Wi-Fi,
+    watchdog or LED), as (name, coroutine function, arguments) for runner.Firmware.keep; the client last.
+    Bound methods and module functions only: a closure made here would keep this module on the heap."""
+    cfg = fw.cfg
+    board = fw.board
+    client = fw.client
+    ev = client.ev
+    jobs: list = []  # (name, coroutine function, its arguments): each of its own kind
+    if board.get("wifi") and cfg.wifi_ssid:
+        from .wifi import Station
+
+        station = Station(cfg, board, ev)
+        client.net.link_up = station.up  # no DNS or connect while the station has no IP
+        jobs.append(("wifi", station.keep, ()))
+    ms = watchdog_timeout(cfg, board, ev)
+    if ms:
+        from .watchdog import Feeder  # only where there is a watchdog to feed
+
+        fw.feeder = Feeder(client, ms, ev)
+        jobs.append(("watchdog", fw.feeder.run, ()))
+    if cfg.tls_ca and board.get("rtc"):
+        # Certificate dates are checked against the RTC, which a board starts at its epoch: set it.
+        from . import sntp
+
+        jobs.append(("sntp", sntp.keep, (cfg.tls_ntp_host, ev, client.net.link_up)))
+    if board.get("led_pin") is not None and compat.machine_has("Pin"):
+        from .led import StatusLed
+
+        jobs.append(("led", StatusLed(board).show, (client,)))
+    if fw.app is not None:
+        jobs.append(("app", fw.app, (client,)))
+    jobs.append(("client", client.run, ()))
+    return jobs
+
+
+def watchdog_timeout(cfg, board, ev):
+    """The timeout to start the hardware watchdog (watchdog.py) with: cfg.wdt_ms clamped to the board's
+    limit; 0 for none."""
+    ms = cfg.wdt_ms
+    if not ms:
+        return 0
+    if not board.get("watchdog"):
+        ev.emit("watchdog", "state", "absent", "board", board.get("name"))
+        return 0
+    if not compat.machine_has("WDT"):  # a board's table run on the host
+        ev.emit("watchdog", "state", "absent", "board", board.get("name"), "reason", "no_machine_WDT")
+        return 0
+    limit = board.get("wdt_max_ms")
+    if limit and ms > limit:
+        ev.emit("watchdog", "state", "clamped", "asked_ms", ms, "timeout_ms", limit)
+        ms = limit
+    return ms

@@ -7,11 +7,10 @@
 # round, is a trap; so both paths parse with this one reader. It works on bytes (indexing a non-ASCII
 # str is O(n) on MicroPython), limits nesting, and reports line and column of the first fault.
 
-MAX_DEPTH = 8  # a valid config nests two levels ({"keepalive": {...}}); deeper is a mistake or an attack
-MAX_DIGITS = 18  # longer numbers are no setting anyone means, and would make big ints on a board
+from .compat import const
 
-_WS = b" \t\r\n"
-_HEX = b"0123456789abcdef"
+MAX_DEPTH = const(8)  # a valid config nests two levels ({"keepalive": {...}}); deeper is a mistake or an attack
+_MAX_DIGITS = const(18)  # longer numbers are no setting anyone means, and would make big ints on a board
 _ESCAPES = {0x22: '"', 0x5C: "\\", 0x2F: "/", 0x62: "\b", 0x66: "\f", 0x6E: "\n", 0x72: "\r", 0x74: "\t"}
 
 
@@ -54,7 +53,7 @@ class _Parser:
         b = self.b
         n = self.n
         i = self.i
-        while i < n and b[i] in _WS:
+        while i < n and b[i] in b" \t\r\n":
             i += 1
         self.i = i
 
@@ -183,7 +182,7 @@ class _Parser:
             self.fail("document ends inside a \\u escape")
         v = 0
         for c in h:
-            d = _HEX.find(bytes((c,)).lower())
+            d = b"0123456789abcdef".find(bytes((c,)).lower())
             if d < 0:
                 self.fail("invalid \\u escape")
             v = v * 16 + d
@@ -227,8 +226,8 @@ class _Parser:
                 self.i = i
                 self.fail("digit expected in the exponent")
             frac = True
-        if i - start > MAX_DIGITS:
-            self.fail("number longer than %d characters" % MAX_DIGITS)
+        if i - start > _MAX_DIGITS:
+            self.fail("number longer than %d characters" % _MAX_DIGITS)
         self.i = i
         text = b[start:i]
         return float(text.decode()) if frac else int(text.decode())

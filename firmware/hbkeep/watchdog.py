@@ -3,28 +3,15 @@
 # It is fed from a task of the event loop, and only while the client shows progress: the client bumps
 # `progress` on every pass of its connection loop and of its supervisor, and never sleeps longer than
 # `pulse_ms` (set here) in one go. So the board resets both when something blocks the scheduler (the
-# feeder cannot run) and when a task hangs while the scheduler runs on (the counter stops).
+# feeder cannot run) and when a task hangs while the scheduler runs on (the counter stops). Whether
+# there is a watchdog, and its timeout, is decided once at start (start.watchdog_timeout): a board
+# without one never loads this module.
+#
+# Parking (wdtpark.py) is needed twice, when the feeder takes over from a watchdog that boot.py parked
+# and when the user interrupts the firmware: the module is loaded for each and forgotten in between, so
+# that it holds no heap while the firmware runs.
 from . import compat
 from .compat import ticks_ms, ticks_diff, sleep_ms
-from . import wdtpark
-
-
-def timeout_for(cfg, board, ev):
-    """The timeout to start the watchdog with: cfg.wdt_ms clamped to the board's limit; 0 for none."""
-    ms = cfg.wdt_ms
-    if not ms:
-        return 0
-    if not board.get("watchdog"):
-        ev.emit("watchdog", "state", "absent", "board", board.get("name"))
-        return 0
-    if not compat.machine_has("WDT"):  # a board's table run on the host
-        ev.emit("watchdog", "state", "absent", "board", board.get("name"), "reason", "no_machine_WDT")
-        return 0
-    limit = board.get("wdt_max_ms")
-    if limit and ms > limit:
-        ev.emit("watchdog", "state", "clamped", "asked_ms", ms, "timeout_ms", limit)
-        ms = limit
-    return ms
 
 
 class Feeder:
@@ -50,8 +37,11 @@ class Feeder:
 
     async def run(self):
         import machine
+        from . import wdtpark
 
         wdtpark.unpark()  # from a parked watchdog (boot.py) to ours
+        del wdtpark  # this frame lives as long as the feeder: it must not hold the module
+        compat.forget_module("wdtpark")
         self.wdt = machine.WDT(timeout=self.timeout_ms)
         self.ev.emit("watchdog", "state", "on", "timeout_ms", self.timeout_ms, "quiet_max_ms", self.quiet_max_ms)
         client = self.client
@@ -78,6 +68,8 @@ class Feeder:
         """The user interrupted the firmware: keep the board alive under them (wdtpark.py)."""
         if self.wdt is not None:
             try:
+                from . import wdtpark  # loaded again: a few ms, well within the watchdog's timeout
+
                 wdtpark.park(board, reason, self._say)
             except Exception as e:  # said, so that a reset that follows is explained; the REPL stays free
                 self.ev.emit("watchdog", "state", "park_failed", "error", compat.exc_text(e))

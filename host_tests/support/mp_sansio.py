@@ -16,7 +16,7 @@ from hbkeep import protocol  # noqa: E402
 from hbkeep.protocol_host import encode  # noqa: E402
 from hbkeep.config import Config, ConfigError, TICKS_SPAN_MAX  # noqa: E402
 from hbkeep.events import Stats  # noqa: E402
-from hbkeep.link import Link  # noqa: E402
+from hbkeep.link import BEAT, NOTHING, SILENT, Link  # noqa: E402
 from hbkeep.repeats import FailureRun, LOOKUP_MAX_MS  # noqa: E402
 
 BOARD_WIDTHS = compat.MICROPYTHON and sys.maxsize < (1 << 31)  # the 32-bit tier
@@ -90,12 +90,11 @@ def check_bad_header_names_the_field():
 def check_beats_and_silence():
     link = Link(100, "strict", 3)
     link.up(1000)
-    check(not link.beat_due(1099) and link.beat_due(1100), "beat at 100 ms")
-    link.beat_sent(1100)
-    check(link.beat_due(1200) and not link.beat_due(1199), "next beat")
-    check(not link.silent(1299) and link.silent(1300), "silence at 3 x 100 ms")
+    check(link.decide(1099) == NOTHING and link.decide(1100) == BEAT, "beat at 100 ms")
+    check(link.decide(1199) == NOTHING and link.decide(1200) == BEAT, "next beat")
+    check(link.decide(1299) != SILENT and link.decide(1300) == SILENT, "silence at 3 x 100 ms")
     link.received(1250)
-    check(not link.silent(1549) and link.silent(1550), "silence counts from the last byte")
+    check(link.decide(1549) != SILENT and link.decide(1550) == SILENT, "silence counts from the last byte")
 
 
 def check_beat_budget():
@@ -195,10 +194,9 @@ def check_link_across_the_tick_wrap():
     link.up(start)
     t = add(start, 100)
     check(t < start, "no wrap happened")
-    check(link.beat_due(t) and not link.beat_due(add(t, -1)), "beat across the wrap")
-    link.beat_sent(t)
+    check(link.decide(add(t, -1)) == NOTHING and link.decide(t) == BEAT, "beat across the wrap")
     check(diff(link.next_beat, t) == 100, "next beat across the wrap")
-    check(not link.silent(add(start, 299)) and link.silent(add(start, 300)), "silence across the wrap")
+    check(link.decide(add(start, 299)) != SILENT and link.decide(add(start, 300)) == SILENT, "silence across the wrap")
     check(link.wait_ms(add(start, 250), True) == 0 or link.wait_ms(add(start, 250), True) <= 50, "wait_ms")
     # The longest silence limit the config accepts, judged across the wrap.
     peer_miss, beat_ms = 149, 3600000
@@ -207,7 +205,8 @@ def check_link_across_the_tick_wrap():
     now = add(0, -1000)
     link.up(now)
     limit = peer_miss * beat_ms
-    check(not link.silent(add(now, limit - 1)) and link.silent(add(now, limit)), "longest limit across the wrap")
+    check(link.decide(add(now, limit - 1)) != SILENT and link.decide(add(now, limit)) == SILENT,
+          "longest limit across the wrap")
     link.reading_paused(now)
     link.reading_resumed(add(now, 5000))  # ticks_add of a measured span: must not overflow
     check(diff(link.last_rx, now) == 5000, "pause span")

@@ -100,8 +100,8 @@ MUTANTS = {
         "firmware/hbkeep/dial.py", "    except ValueError:\n        # CPython's IDNA", "    except KeyError:\n        # CPython's IDNA",
         ["host_tests/test_client_hardening.py::test_a_host_label_over_63_characters_is_a_resolve_failure_not_the_end"]),
     "stall_judged_one_ms_late": (
-        "firmware/hbkeep/link.py", "return ticks_diff(now, self.tx_blocked_at) >= self.limit_ms",
-        "return ticks_diff(now, self.tx_blocked_at) > self.limit_ms",
+        "firmware/hbkeep/link.py", "ticks_diff(now, self.tx_blocked_at) >= self.limit_ms:",
+        "ticks_diff(now, self.tx_blocked_at) > self.limit_ms:",
         [E + "test_stall_edges_and_progress_restarts_the_count"]),
     "cut_frame_not_named": (
         "tools/hbserver/conn.py", "        if not self.have:\n            return \"-\", 0",
