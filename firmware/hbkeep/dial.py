@@ -112,9 +112,9 @@ async def connect(client: "Client"):
     if run is not None:
         # A run of failures goes on through the connection's probation (repeats.py). Its lines either wait
         # with it, or come now: the failures not yet reported first, then this connection's lines.
-        if run.holds():
-            run.held = []
-        elif run.count > run.reported:
+        # (Set either way: an earlier attempt that raised half-way may have left a list behind.)
+        run.held = [] if run.holds() else None
+        if run.held is None and run.count > run.reported:
             client.ev.emit("connect_failing", *run.summary(ticks_ms()))
     from . import sockopts
 
