@@ -26,6 +26,7 @@ package(
         "fastbuf.py",
         "led.py",
         "link.py",
+        "probation.py",
         "protocol.py",
         "repeats.py",
         "runner.py",

@@ -59,7 +59,7 @@ async def main():
 compat.run(main())
 """
 
-CONNECT_ONLY = {"dial", "sockopts", "repeats", "tls", "auth", "authio"}
+CONNECT_ONLY = {"dial", "sockopts", "repeats", "probation", "tls", "auth", "authio"}
 DEV_ID = "dev-1"
 KEY = bytes(range(32))
 ONCE = {"clientsetup", "start", "config", "strictjson"}

@@ -120,13 +120,14 @@ class Client:
             try:
                 await self._session(sock)
             finally:
-                # The session's end is told to the link and printed by repeats.py, loaded for a failure
-                # anyway: a session lost within its first beat period is one more failure of a run. Here,
-                # not in _session, so that the session's tasks and frame are garbage by the time the module
-                # loads (stopped: the end is still printed).
-                from .repeats import ended
+                # The session's end is told to the link and printed by probation.py: a session lost within
+                # its first beat period is one more failure of a run (repeats.py). Here, not in _session,
+                # so that the session's tasks and frame are garbage by the time the module loads (stopped:
+                # the end is still printed). Forgotten at once: an outage that follows needs none of it.
+                from .probation import ended
 
                 ended(self)
+                compat.forget_module("probation")
         if self.rot:  # a failed attempt or an ended session: on to the next server
             self.addr = self.rot.next(self.addr)
 

@@ -53,7 +53,7 @@ def init_client(client: "Client", cfg, board, net, events):
     client._beat_task = None
     # Which failures get a line of their own, and how long failed lookups wait: repeats.FailureRun, made at
     # the first failure of a run and dropped when the run ends (a connection that outlives its probation,
-    # repeats.probation), so that it is not in the heap while connected.
+    # probation.settle), so that it is not in the heap while connected.
     client.failing = None
     # The application's side (docs/APP.md, appio.py): a handler for received DATA payloads (None: the
     # seed's upper-case echo, in place and allocation-free) and send() for frames of its own.

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # for mypy only
     from .client import Client
 
 # Modules only the connect path uses, forgotten with it once a session runs.
-_CONNECT_ONLY = ("dial", "sockopts", "repeats", "eai", "auth", "authio", "tls")
+_CONNECT_ONLY = ("dial", "sockopts", "eai", "auth", "authio", "tls")
 
 
 async def attempt(client: "Client"):
@@ -37,12 +37,18 @@ async def attempt(client: "Client"):
     if sock is not None:
         for name in _CONNECT_ONLY:
             compat.forget_module(name)
+        if client.failing is None:
+            # No run of failures, no probation: neither module is needed. Else the run's object holds its
+            # class, and probation.settle its code, through the probation: forgotten now, they would be
+            # loaded a second time at the session's end. probation.settle forgets them once it is over.
+            compat.forget_module("repeats")
+            compat.forget_module("probation")
     return sock
 
 
 def say(client: "Client", line):
     """Print an event line of the connection being made (a tuple: name, then keys and values), or hold
-    it back with the connection's `connected` line (repeats.py)."""
+    it back with the connection's `connected` line (probation.py)."""
     run = client.failing
     if run is not None and run.held is not None:
         run.held.append(line)
@@ -110,7 +116,7 @@ async def connect(client: "Client"):
         return None
     run = client.failing
     if run is not None:
-        # A run of failures goes on through the connection's probation (repeats.py). Its lines either wait
+        # A run of failures goes on through the connection's probation (probation.py). Its lines either wait
         # with it, or come now: the failures not yet reported first, then this connection's lines.
         # (Set either way: an earlier attempt that raised half-way may have left a list behind.)
         run.held = [] if run.holds() else None
@@ -154,16 +160,16 @@ async def connect(client: "Client"):
             net.close(sock)
             client.link.connect_failed()
             st.disconnected(R_AUTH)
-            from .repeats import lost
+            from .probation import lost
 
             lost(client, now, R_AUTH, detail, ticks_diff(now, t1))
             return None
         say(client, ("authenticated", "id", cfg.auth_id, "took_ms", ticks_diff(now, t1)))
     if run is not None:
         # The session starts as soon as this returns; its probation ends the run once it has lasted a beat.
-        from .repeats import probation
+        from .probation import settle
 
-        run.task = compat.create_task(probation(client, run, st.connects))
+        run.task = compat.create_task(settle(client, run, st.connects))
     return sock
 
 

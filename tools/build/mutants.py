@@ -73,7 +73,7 @@ MUTANTS = {
         "firmware/hbkeep/repeats.py", "if shown or self.verbose or self.count <= self.first:", "if True:",
         ["host_tests/test_client_hardening.py::test_a_server_down_for_a_minute_costs_a_few_lines_not_six_hundred"]),
     "short_sessions_not_counted": (
-        "firmware/hbkeep/repeats.py", "if link.failures == 0 or reason == R_STOP:", "if True:",
+        "firmware/hbkeep/probation.py", "if link.failures == 0 or reason == R_STOP:", "if True:",
         ["host_tests/test_repeats.py::test_a_server_that_drops_every_connection_costs_a_few_lines_not_a_pair_every_100ms"]),
     "lookups_not_backed_off": (
         "firmware/hbkeep/repeats.py", "wait = retry_ms if wait == 0 else wait + wait", "wait = retry_ms",
