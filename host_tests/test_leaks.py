@@ -39,8 +39,11 @@ def test_row7_connect_disconnect_cycles_do_not_leak(runtime):
         fds = [int(p.fields["fds"]) for p in probes]
         connects = fw.count("connected")
         reasons = {e.fields["reason"] for e in fw.events if e.name == "disconnected"} - {"stop"}
-        # The first checkpoint is the baseline: by then every first-use allocation has happened.
-        heap_growth = max(heap) - heap[0]
+        # The first checkpoint is the baseline: by then every first-use allocation has happened. A leak
+        # grows at every checkpoint, so it shows in the lowest of the last three; one high reading (the
+        # collector is conservative: a stale pointer on the C stack can keep a dead buffer alive at one
+        # probe) does not.
+        heap_growth = min(heap[-3:]) - heap[0]
         fds_flat = len(set(fds)) == 1
         heap_flat = runtime != "micropython" or heap_growth <= HEAP_TOL
         ok = fds_flat and heap_flat and connects >= n and not fw.raw_lines()
