@@ -270,6 +270,14 @@ def test_row6_malformed_input(runtime):
                 conn = srv.accept(timeout=10)  # it reconnects
                 reconnect = ms(conn.accepted_at - d.t)
                 raw = fw.raw_lines()
+                if runtime == "micropython" and heap > baseline + HEAP_TOL:
+                    # A leak stays; one high reading does not (the collector is conservative: a stale
+                    # pointer on the C stack can keep a dead buffer alive at one probe). One clean session
+                    # more tells them apart: its probe is the case's figure if lower.
+                    cycle(conn, b"", True)
+                    fw.wait_event("disconnected", timeout=10)
+                    heap = min(heap, int(fw.wait_event("probe", timeout=10).fields["heap"]))
+                    conn = srv.accept(timeout=10)
                 mem_ok = runtime != "micropython" or heap <= baseline + HEAP_TOL
                 ok = (got_reason == expected and d.fields["reason"] == want_reason and err is None
                       and not frames and leftover == 0 and not raw and mem_ok
