@@ -156,6 +156,92 @@ def test_something_that_is_not_a_micropython_repl(tmp_path):
         os.close(slave)
     assert r.returncode == 1
     assert "does not answer as a MicroPython REPL" in r.stderr
+    # What the port sent is part of the error, not a bare b'' line that mpremote prints on its own.
+    assert "it sent nothing" in r.stderr and "b''" not in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "soon"])
+def test_a_bad_timeout_is_named_before_the_port_is_opened(tmp_path, value):
+    config = write_config(tmp_path, {})
+    master, slave = os.openpty()  # a port that exists: the value, not the port, must be what is named
+    try:
+        r = deploy("--board", "esp32", "--port", os.ttyname(slave), "--config", config, "--timeout=" + value,
+                   timeout=30)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "--timeout" in r.stderr and repr(value) in r.stderr and "Traceback" not in r.stderr
+    assert "connecting" not in r.stdout
+
+
+def test_a_python_without_mpremote_is_told_which_one_to_use(tmp_path):
+    # As `python3 -m tools.deploy` from a Python that `make setup` did not install mpremote into.
+    code = ("import runpy, sys; sys.modules['mpremote'] = None; sys.argv[0] = 'deploy'; "
+            "runpy.run_module('tools.deploy', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", code, "--board", "unix", "--port", str(tmp_path / "pts"),
+                        "--config", write_config(tmp_path, {})], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    assert "has no mpremote" in r.stderr and "make setup" in r.stderr and ".venv/bin/python -m tools.deploy" in r.stderr
+
+
+class InterruptedBoard:
+    """Stands in for device.Board: a current board with nothing on it, whose third file write is cut by
+    Ctrl-C (KeyboardInterrupt, as the user's Ctrl-C arrives in the middle of a copy)."""
+
+    instances = []
+
+    def __init__(self, port, timeout):
+        self.written, self.closed, self.was_reset = [], False, False
+        InterruptedBoard.instances.append(self)
+
+    def enter(self):
+        pass
+
+    def facts(self):
+        return {"name": "micropython", "version": (1, 29, 0), "platform": "linux", "mpy": 6 | (3 << 8) | (2 << 10),
+                "block": 4096, "free": 1 << 30}
+
+    def hashes(self, paths):
+        return {}
+
+    def listdir(self, path):
+        return []
+
+    def mkdir(self, path):
+        pass
+
+    def write(self, path, data):
+        if len(self.written) == 2:
+            raise KeyboardInterrupt
+        self.written.append(path)
+
+    def reset(self):
+        self.was_reset = True
+
+    def close(self):
+        self.closed = True
+
+
+def test_ctrl_c_during_the_copy_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    import argparse
+    import importlib
+
+    cli = importlib.import_module("tools.deploy.__main__")
+    monkeypatch.setattr(cli.dev, "Board", InterruptedBoard)
+    InterruptedBoard.instances.clear()
+    args = argparse.Namespace(board="unix", port="sim", config=write_config(tmp_path, {"host": "127.0.0.1"}),
+                              timeout=5.0, source=True, run=False, no_reset=False)
+    try:
+        rc = cli.deploy(args, out=lambda msg: None)
+    except KeyboardInterrupt:  # caught here, or it would stop the whole test run
+        pytest.fail("Ctrl-C in the copy escaped the deploy: the user gets a traceback")
+    assert rc == 130
+    board, = InterruptedBoard.instances
+    assert len(board.written) == 2 and board.closed and not board.was_reset
+    err = capsys.readouterr().err
+    assert "interrupted before the deploy finished" in err and "run it again" in err
 
 
 def test_not_enough_flash(tmp_path):

@@ -15,13 +15,22 @@ Steps, each stopping with an error that says what to do:
      says (its event lines) until Ctrl-C, which detaches and leaves the board running.
 Nothing from the config is printed: it holds the Wi-Fi password.
 Exit status: 0 done; 1 a problem with the board or its port; 2 the config, or what the board's firmware
-can load.
+can load; 130 interrupted (Ctrl-C) before the reset.
 """
 import argparse
+import math
+import os
 import sys
 
-from tools.deploy import device as dev
 from tools.deploy import plan
+
+try:
+    from tools.deploy import device as dev
+except ImportError as e:  # mpremote and pyserial are in the repo's .venv (make setup), not in every Python
+    dev = None
+    MISSING = e.name or str(e)
+
+VENV_PYTHON = os.path.join(".venv", "bin", "python")
 
 
 def say(msg):
@@ -101,9 +110,24 @@ def deploy(args, out=say):
     except plan.PlanError as e:
         print("deploy: error: %s" % e, file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # What was written stays (the package first, the settings last); the next deploy writes the rest.
+        print("deploy: interrupted before the deploy finished; run it again: it copies only what is still "
+              "missing or different", file=sys.stderr)
+        return 130
     finally:
         if board is not None:
             board.close()
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError("expected a number of seconds above 0, got %r" % text)
+    return value
 
 
 def main(argv=None):
@@ -118,9 +142,14 @@ def main(argv=None):
     ap.add_argument("--source", action="store_true", help="copy the .py sources instead of compiling to .mpy")
     ap.add_argument("--run", action="store_true", help="after the reset, stay attached and print what the board says")
     ap.add_argument("--no-reset", action="store_true", help="leave the board in its REPL after copying")
-    ap.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+    ap.add_argument("--timeout", type=_seconds, default=10.0, metavar="SECONDS",
                     help="how long the board may take to answer (default 10)")
     args = ap.parse_args(argv)
+    if dev is None:
+        print("deploy: error: this Python (%s) has no %s, which the deploy talks to the board with: run `make setup`, "
+              "then `make deploy BOARD=... PORT=... CONFIG=...` or `%s -m tools.deploy ...`"
+              % (sys.executable, MISSING, VENV_PYTHON), file=sys.stderr)
+        return 1
     return deploy(args)
 
 

@@ -4,6 +4,8 @@ one session for the whole deploy instead of one process per file).
 Every failure is a DeviceError whose message says what to check; nothing sent to the board is printed.
 """
 import ast
+import contextlib
+import io
 import os
 import time
 
@@ -94,14 +96,20 @@ class Board:
         # mpremote reads a pty one blocking byte at a time: without a read timeout a silent device would
         # hang it for ever. Short while probing; afterwards long enough for any board to answer.
         self.t.serial.timeout = min(1.0, self.timeout)
+        # mpremote prints what it got instead of a prompt (a bare b'...' line): caught, it goes into the error.
+        said = io.StringIO()
         try:
-            self.t.enter_raw_repl(soft_reset=True, timeout_overall=self.timeout)
+            with contextlib.redirect_stdout(said):
+                self.t.enter_raw_repl(soft_reset=True, timeout_overall=self.timeout)
             self.t.serial.timeout = self.timeout
         except (TransportError, OSError) as e:
+            got = said.getvalue().strip().splitlines()
+            got = got[-1] if got else ""
             raise DeviceError(
-                "%s does not answer as a MicroPython REPL (no raw REPL prompt within %.0f s: %s). Is MicroPython "
+                "%s does not answer as a MicroPython REPL (no raw REPL prompt within %g s: %s; %s). Is MicroPython "
                 "flashed on it, and is it this board's port? A board busy in a loop that ignores Ctrl-C needs a "
-                "reset first." % (self.port, self.timeout, e))
+                "reset first." % (self.port, self.timeout, e,
+                                  "it sent nothing" if got in ("", "b''") else "it sent %s" % got[-120:]))
 
     def _eval(self, code):
         try:
