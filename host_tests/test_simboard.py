@@ -202,6 +202,10 @@ print("flash", s[0] * s[2])
         con.expect(b"led 1 uid a1b2c3\r\n")
         con.expect(b"flash 65536\r\n")
         sb.command("release 0")
+        # A level that is not 0 or 1 is named and changes nothing; the simulator goes on.
+        for bad in ("4=x", "4=7"):
+            sb.command("hold " + bad)
+            sb.wait_note("got %r; nothing changed" % bad)
         sb.command("power")
         con.expect(b"hold 1 free 1 low 0\r\n")
 

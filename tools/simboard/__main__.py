@@ -21,14 +21,14 @@ import sys
 import time
 
 from tools.build.mpbin import MpbinError, micropython_argv
-from tools.simboard.board import SimBoard
+from tools.simboard.board import SimBoard, parse_pin
 
 
 def _pin(text):
-    pin, _, level = text.partition("=")
-    if not pin or level not in ("", "0", "1"):
-        raise argparse.ArgumentTypeError("expected PIN or PIN=0 or PIN=1, got %r" % text)
-    return pin, int(level or 0)
+    try:
+        return parse_pin(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
 
 
 def _size(text):

@@ -53,6 +53,15 @@ def log(msg):
     print("simboard: " + msg, file=sys.stderr, flush=True)
 
 
+def parse_pin(text):
+    """'PIN' or 'PIN=LEVEL' (LEVEL 0 or 1; 0 when left out, a button to ground) -> (pin, level).
+    ValueError names the text when it is neither."""
+    pin, _, level = text.partition("=")
+    if not pin or level not in ("", "0", "1"):
+        raise ValueError("expected PIN or PIN=0 or PIN=1, got %r" % text)
+    return pin, int(level or 0)
+
+
 def _vm_termios(fd):
     """Raw, except ISIG (Ctrl-C -> SIGINT) and NOFLSH (the signal keeps queued input)."""
     attrs = termios.tcgetattr(fd)
@@ -305,9 +314,13 @@ class SimBoard:
         if words[0] in ("power", "power-cycle"):
             self.power_cycle(PWRON_RESET)
         elif words[0] == "hold" and len(words) == 2:
-            pin, _, level = words[1].partition("=")
-            self.hold_pins[pin] = int(level or 0)
-            log("pin %s held at %d from the next boot" % (pin, self.hold_pins[pin]))
+            try:
+                pin, level = parse_pin(words[1])
+            except ValueError as e:
+                log("hold: %s; nothing changed" % e)
+                return
+            self.hold_pins[pin] = level
+            log("pin %s held at %d from the next boot" % (pin, level))
         elif words[0] == "release" and len(words) == 2:
             self.hold_pins.pop(words[1], None)
             log("pin %s released from the next boot" % words[1])
