@@ -78,6 +78,28 @@ def test_nothing_here_is_a_clear_error(tmp_path, monkeypatch):
         mpbin.micropython_argv()
 
 
+def test_another_python_than_the_repos_is_told_which_one_to_use(tmp_path, monkeypatch):
+    """`python3 -m tools.simboard` after `make setup`: the wheel is in .venv, not beside this Python; the
+    error names the .venv's Python rather than sending the user to run `make setup` again."""
+    monkeypatch.delenv("MICROPYTHON", raising=False)
+    monkeypatch.setattr(mpbin, "_resolved", {})
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setenv("MPBIN_SCRIPTS_DIR", str(empty))
+    venv_bin = tmp_path / "venv" / "bin"
+    fake_micropython(venv_bin)
+    monkeypatch.setattr(mpbin, "VENV_BIN", str(venv_bin))
+    with pytest.raises(mpbin.MpbinError) as e:
+        mpbin.micropython_argv()
+    assert "run this with %s" % (venv_bin / "python") in str(e.value) and "make setup" not in str(e.value)
+    # Where .venv has no MicroPython either, make setup is what to do.
+    monkeypatch.setattr(mpbin, "_resolved", {})
+    monkeypatch.setattr(mpbin, "VENV_BIN", str(empty))
+    with pytest.raises(mpbin.MpbinError, match="make setup"):
+        mpbin.micropython_argv()
+
+
 def test_the_wheels_console_script_is_found_without_path(tmp_path, monkeypatch):
     """With nothing on PATH and no override, the pinned wheel's `micropython` beside this Python is used."""
     monkeypatch.delenv("MICROPYTHON", raising=False)

