@@ -84,6 +84,36 @@ def test_a_bad_board_file_is_one_line(flash, capsys):
     assert name == "board_error" and f["path"] == "board.json" and "JSONDecodeError" in f["error"]
 
 
+@pytest.mark.parametrize("table, words", [
+    ([], "expected a JSON object"),
+    ("esp32", "expected a JSON object"),
+    ({"name": "x", "socket": 5}, "key=socket"),
+    ({"name": "x", "socket": {"port": "linux", "pending": 5}}, "key=socket"),
+    ({"name": "x", "socket": {"port": "linux", "errno_names": {"one": "EPERM"}}}, "key=socket"),
+])
+def test_a_board_table_of_the_wrong_shape_is_one_line(flash, capsys, table, words):
+    # Valid JSON, but not a table the firmware can read: one board_error line, never a traceback, and
+    # never blamed on the config.
+    root, write = flash
+    write({"port": 1}, table)
+    rc, lines = run_main(capsys)
+    assert rc == 2 and len(lines) == 1 and lines[0].split(" ")[1:3] == ["board_error", "path=board.json"], lines
+    assert words in lines[0], lines
+
+
+def test_a_boot_hold_pin_the_board_lacks_is_one_line(flash, machine, capsys, monkeypatch):
+    root, write = flash
+    write({"port": 1}, board("rp2_pico_w", boot_hold_pin=99))
+
+    def no_such_pin(self, id, *args):
+        raise ValueError("invalid pin")
+
+    monkeypatch.setattr(machine.Pin, "__init__", no_such_pin)
+    rc, lines = run_main(capsys)
+    assert rc == 2 and len(lines) == 1 and lines[0].split(" ")[1:3] == ["board_error", "path=board.json"], lines
+    assert "ValueError: invalid pin" in lines[0] and machine.WDT.current is None
+
+
 def test_a_config_error_never_prints_the_wifi_password(flash, capsys):
     root, write = flash
     write({"wifi": {"ssid": "lab", "password": "hunter2", "pasword": "hunter2"}}, board("unix"))
