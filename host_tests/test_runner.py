@@ -244,6 +244,51 @@ def test_a_crash_of_the_loop_itself_is_an_event_and_the_same_services_start_agai
     assert [e[1]["reason"] for e in rig.events("stopped")] == ["interrupt"]
 
 
+def crash_lines_fail(rig):
+    # A full heap: the line about a crash cannot be formatted (the rest still prints).
+    def write(line):
+        if " crash " in line:
+            raise MemoryError("memory allocation failed")
+        rig.lines.append(line)
+
+    rig.fw.ev.write = write
+
+
+def test_a_crash_that_cannot_be_reported_still_restarts_the_service():
+    starts = []
+
+    async def app(client):
+        starts.append(compat.ticks_ms())
+        raise MemoryError("memory allocation failed")
+
+    rig = Rig(board("unix"), [FakeConn()], app=app)
+    crash_lines_fail(rig)
+    run_services(rig, 20)
+    assert [b - a for a, b in zip(starts, starts[1:])] == [1000, 2000, 4000, 8000]
+    assert rig.events("connected") and not rig.events("crash")
+
+
+def test_a_crash_of_the_loop_that_cannot_be_reported_does_not_end_the_firmware(monkeypatch):
+    rig = Rig(board("unix"), [FakeConn(), FakeConn()])
+    crash_lines_fail(rig)
+    runs, paused = [], []
+
+    def run(coro):
+        coro.close()
+        runs.append(1)
+        if len(runs) < 3:
+            raise MemoryError("memory allocation failed")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compat, "run", run)
+    monkeypatch.setattr(compat, "block_ms", paused.append)
+    monkeypatch.setattr(compat, "on_terminate", lambda: None)  # no signal handlers in the test process
+    monkeypatch.setattr(compat, "ignore_interrupts", lambda: None)
+    assert rig.fw.run() == runner.OK
+    assert paused == [1000, 2000] and len(runs) == 3
+    assert [e[1]["reason"] for e in rig.events("stopped")] == ["interrupt"]
+
+
 def test_a_service_that_ran_steadily_starts_again_from_the_first_pause():
     starts = []
 
