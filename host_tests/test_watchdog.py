@@ -106,6 +106,35 @@ def test_not_fed_when_a_client_task_hangs(machine, monkeypatch):
     assert starving["state"] == "starving"
 
 
+def test_a_hung_client_is_not_hidden_by_another_service_restarting(machine, monkeypatch):
+    # Only the client's own loop is progress: another service's pause before its restart (an application
+    # failing over and over) must not keep feeding a watchdog whose client hangs.
+    rig = Rig(board("rp2_pico_w", wifi=False), [FakeConn()], wdt_ms=2000, connect_timeout_ms=1000)
+    starts = []
+
+    async def app(client):
+        starts.append(compat.ticks_ms())
+        raise RuntimeError("sensor unplugged")
+
+    rig.fw.app = app
+
+    async def hang(sock):
+        await asyncio.get_running_loop().create_future()
+
+    monkeypatch.setattr(rig.client, "_supervise", hang)
+    hung_at = []
+
+    async def mark(rig):
+        await rig.client.wait_connected()
+        hung_at.append(compat.ticks_ms())
+
+    run_for(rig, 30, mark)
+    wdt = machine.WDT.current
+    assert len(starts) >= 4, "the application was not restarting"
+    assert wdt.feeds[-1] - hung_at[0] <= 1000 + 500, "fed on after the client hung"  # connect_timeout_ms + a period
+    assert rig.events("watchdog")[-1]["state"] == "starving"
+
+
 def test_not_fed_when_the_scheduler_is_blocked(machine):
     rig = Rig(board("rp2_pico_w", wifi=False), [FakeConn()], wdt_ms=2000)
 

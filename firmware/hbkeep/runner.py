@@ -132,5 +132,9 @@ class Firmware:
                     pause = 0
                 pause = next_pause(pause)
                 self.crashed(name, e, pause)
-            # Sliced so that the watchdog sees a deliberate wait, not a hang.
-            await self.client.pause(pause)
+            if name == "client":
+                # Sliced so that the watchdog sees a deliberate wait, not a hang.
+                await self.client.pause(pause)
+            else:
+                # Not client progress: another service restarting must not hide a client that hangs.
+                await compat.sleep_ms(pause)
