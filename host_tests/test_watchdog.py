@@ -379,6 +379,29 @@ def test_simulated_board_stays_alive_at_the_repl_after_ctrl_c(tmp_path):
             con.expect(b"42\r\n", timeout=10)
 
 
+def test_a_second_interrupt_while_parking_still_parks(machine, monkeypatch):
+    # Ctrl-C pressed twice: the second lands while the first is parking the watchdog.
+    rig = Rig(board("rp2_pico_w", wifi=False), [FakeConn()], wdt_ms=2000)
+    run_for(rig, 1)
+    real = wdtpark.park
+    calls = []
+
+    def interrupted_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(wdtpark, "park", interrupted_once)
+    try:
+        rig.fw.interrupted()
+    except KeyboardInterrupt:
+        pytest.fail("the second interrupt escaped with the watchdog not parked: the board would reset")
+    assert len(calls) == 2 and wdtpark.parked() and machine.WDT.current.timeout == 8388
+    assert rig.watchdog_states()[-1] == "parked"
+    assert [e["reason"] for e in rig.events("stopped")] == ["interrupt"]
+
+
 def test_a_park_that_fails_is_an_event_and_the_repl_stays_free(machine, monkeypatch):
     rig = Rig(board("rp2_pico_w", wifi=False), [FakeConn()], wdt_ms=2000)
     run_for(rig, 1)
