@@ -139,6 +139,24 @@ def test_a_bad_config_stops_before_the_board_is_touched(tmp_path):
         assert not [n for n in sb.drain_notes() if "soft reset" in n]  # nobody entered its raw REPL
 
 
+@pytest.mark.parametrize("text, words", [
+    ('{"port": 39002, "port": 39003}', "'port' given twice"),  # json.loads: the last one wins
+    ('{"beat_ms": NaN}', "unexpected character 'N'"),
+    ('{"wifi": {"ssid": "lab", "password": "%s"}, "x": [[[[[[[[[1]]]]]]]]]}' % SECRET, "nested deeper"),
+])
+def test_a_config_the_board_would_refuse_is_refused_here(tmp_path, text, words):
+    # Read as the board reads it (the firmware's strict reader), not as CPython's json does: a config the
+    # deploy copies is one the board starts with.
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    with pytest.raises(plan.PlanError) as e:
+        plan.load_config(str(path))
+    assert str(e.value).startswith("config %s: not valid JSON (" % path) and words in str(e.value), str(e.value)
+    assert SECRET not in str(e.value)
+    path.write_text('{"port": 39002, "wifi": {"ssid": "lab", "password": "%s"}}' % SECRET)
+    assert plan.load_config(str(path)) == {"port": 39002, "wifi": {"ssid": "lab", "password": SECRET}}
+
+
 def test_no_device_at_that_port(tmp_path):
     config = write_config(tmp_path, {})
     r = deploy("--board", "esp32", "--port", str(tmp_path / "ttyUSB9"), "--config", config)

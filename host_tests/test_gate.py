@@ -16,6 +16,7 @@ from firmware.hbkeep.auth import CHALLENGE
 from support.fake_device import run
 from support.seckit import KEY, OTHER_KEY, authenticate, closed_by_peer, open_device, pki, write_keys  # noqa: F401
 from tools.hbserver import HeartbeatServer, ServerConfig
+from tools.hbserver.gate import parse_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEART = protocol_host.encode(0)
@@ -288,6 +289,16 @@ def test_cli_checks_name_the_bad_option(tmp_path, pki):
     assert p.returncode == 2 and "dev-1" in p.stderr and "00" * 10 not in p.stderr
     p = cli("--auth-keys", str(tmp_path / "missing.json"))
     assert p.returncode == 2 and "missing.json" in p.stderr
+
+
+def test_keys_given_as_ids_are_not_named():
+    # A keys file written the wrong way round ({key: id}): the error must not repeat the key as a "device".
+    for table in ({KEY.hex(): "dev-1"}, {"dev-1": "00" * 16, KEY.hex(): "dev-2"}):
+        with pytest.raises(ValueError) as e:
+            parse_keys(table)
+        assert "swapped" in str(e.value) and KEY.hex() not in str(e.value), str(e.value)
+    with pytest.raises(ValueError, match="device 'dev-1': key: expected hex digits only"):
+        parse_keys({"dev-1": "zz" * 16})  # an id is named
 
 
 def test_certs_command_makes_what_the_docs_say(tmp_path):

@@ -84,6 +84,36 @@ def test_a_bad_board_file_is_one_line(flash, capsys):
     assert name == "board_error" and f["path"] == "board.json" and "JSONDecodeError" in f["error"]
 
 
+@pytest.mark.parametrize("table, words", [
+    ([], "expected a JSON object"),
+    ("esp32", "expected a JSON object"),
+    ({"name": "x", "socket": 5}, "key=socket"),
+    ({"name": "x", "socket": {"port": "linux", "pending": 5}}, "key=socket"),
+    ({"name": "x", "socket": {"port": "linux", "errno_names": {"one": "EPERM"}}}, "key=socket"),
+])
+def test_a_board_table_of_the_wrong_shape_is_one_line(flash, capsys, table, words):
+    # Valid JSON, but not a table the firmware can read: one board_error line, never a traceback, and
+    # never blamed on the config.
+    root, write = flash
+    write({"port": 1}, table)
+    rc, lines = run_main(capsys)
+    assert rc == 2 and len(lines) == 1 and lines[0].split(" ")[1:3] == ["board_error", "path=board.json"], lines
+    assert words in lines[0], lines
+
+
+def test_a_boot_hold_pin_the_board_lacks_is_one_line(flash, machine, capsys, monkeypatch):
+    root, write = flash
+    write({"port": 1}, board("rp2_pico_w", boot_hold_pin=99))
+
+    def no_such_pin(self, id, *args):
+        raise ValueError("invalid pin")
+
+    monkeypatch.setattr(machine.Pin, "__init__", no_such_pin)
+    rc, lines = run_main(capsys)
+    assert rc == 2 and len(lines) == 1 and lines[0].split(" ")[1:3] == ["board_error", "path=board.json"], lines
+    assert "ValueError: invalid pin" in lines[0] and machine.WDT.current is None
+
+
 def test_a_config_error_never_prints_the_wifi_password(flash, capsys):
     root, write = flash
     write({"wifi": {"ssid": "lab", "password": "hunter2", "pasword": "hunter2"}}, board("unix"))
@@ -211,6 +241,51 @@ def test_a_crash_of_the_loop_itself_is_an_event_and_the_same_services_start_agai
     assert paused == [1000]
     assert jobs_seen[0] is jobs_seen[1] and [job[0] for job in jobs_seen[0]] == ["app", "client"]
     assert apps == [rig.client, rig.client] and len(rig.events("connected")) == 2
+    assert [e[1]["reason"] for e in rig.events("stopped")] == ["interrupt"]
+
+
+def crash_lines_fail(rig):
+    # A full heap: the line about a crash cannot be formatted (the rest still prints).
+    def write(line):
+        if " crash " in line:
+            raise MemoryError("memory allocation failed")
+        rig.lines.append(line)
+
+    rig.fw.ev.write = write
+
+
+def test_a_crash_that_cannot_be_reported_still_restarts_the_service():
+    starts = []
+
+    async def app(client):
+        starts.append(compat.ticks_ms())
+        raise MemoryError("memory allocation failed")
+
+    rig = Rig(board("unix"), [FakeConn()], app=app)
+    crash_lines_fail(rig)
+    run_services(rig, 20)
+    assert [b - a for a, b in zip(starts, starts[1:])] == [1000, 2000, 4000, 8000]
+    assert rig.events("connected") and not rig.events("crash")
+
+
+def test_a_crash_of_the_loop_that_cannot_be_reported_does_not_end_the_firmware(monkeypatch):
+    rig = Rig(board("unix"), [FakeConn(), FakeConn()])
+    crash_lines_fail(rig)
+    runs, paused = [], []
+
+    def run(coro):
+        coro.close()
+        runs.append(1)
+        if len(runs) < 3:
+            raise MemoryError("memory allocation failed")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compat, "run", run)
+    monkeypatch.setattr(compat, "block_ms", paused.append)
+    monkeypatch.setattr(compat, "on_terminate", lambda: None)  # no signal handlers in the test process
+    monkeypatch.setattr(compat, "ignore_interrupts", lambda: None)
+    assert rig.fw.run() == runner.OK
+    assert paused == [1000, 2000] and len(runs) == 3
     assert [e[1]["reason"] for e in rig.events("stopped")] == ["interrupt"]
 
 

@@ -106,6 +106,35 @@ def test_not_fed_when_a_client_task_hangs(machine, monkeypatch):
     assert starving["state"] == "starving"
 
 
+def test_a_hung_client_is_not_hidden_by_another_service_restarting(machine, monkeypatch):
+    # Only the client's own loop is progress: another service's pause before its restart (an application
+    # failing over and over) must not keep feeding a watchdog whose client hangs.
+    rig = Rig(board("rp2_pico_w", wifi=False), [FakeConn()], wdt_ms=2000, connect_timeout_ms=1000)
+    starts = []
+
+    async def app(client):
+        starts.append(compat.ticks_ms())
+        raise RuntimeError("sensor unplugged")
+
+    rig.fw.app = app
+
+    async def hang(sock):
+        await asyncio.get_running_loop().create_future()
+
+    monkeypatch.setattr(rig.client, "_supervise", hang)
+    hung_at = []
+
+    async def mark(rig):
+        await rig.client.wait_connected()
+        hung_at.append(compat.ticks_ms())
+
+    run_for(rig, 30, mark)
+    wdt = machine.WDT.current
+    assert len(starts) >= 4, "the application was not restarting"
+    assert wdt.feeds[-1] - hung_at[0] <= 1000 + 500, "fed on after the client hung"  # connect_timeout_ms + a period
+    assert rig.events("watchdog")[-1]["state"] == "starving"
+
+
 def test_not_fed_when_the_scheduler_is_blocked(machine):
     rig = Rig(board("rp2_pico_w", wifi=False), [FakeConn()], wdt_ms=2000)
 
@@ -348,6 +377,29 @@ def test_simulated_board_stays_alive_at_the_repl_after_ctrl_c(tmp_path):
             assert not watch_notes(sb, "watchdog expired", 4.5, after), sb.notes[after:]
             con.write(b"print(6 * 7)\r")
             con.expect(b"42\r\n", timeout=10)
+
+
+def test_a_second_interrupt_while_parking_still_parks(machine, monkeypatch):
+    # Ctrl-C pressed twice: the second lands while the first is parking the watchdog.
+    rig = Rig(board("rp2_pico_w", wifi=False), [FakeConn()], wdt_ms=2000)
+    run_for(rig, 1)
+    real = wdtpark.park
+    calls = []
+
+    def interrupted_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(wdtpark, "park", interrupted_once)
+    try:
+        rig.fw.interrupted()
+    except KeyboardInterrupt:
+        pytest.fail("the second interrupt escaped with the watchdog not parked: the board would reset")
+    assert len(calls) == 2 and wdtpark.parked() and machine.WDT.current.timeout == 8388
+    assert rig.watchdog_states()[-1] == "parked"
+    assert [e["reason"] for e in rig.events("stopped")] == ["interrupt"]
 
 
 def test_a_park_that_fails_is_an_event_and_the_repl_stays_free(machine, monkeypatch):

@@ -63,7 +63,7 @@ class Firmware:
                     compat.run(self.services())
                 except Exception as e:  # escaped the event loop itself
                     pause = next_pause(pause)
-                    self.ev.emit("crash", "task", "loop", "error", compat.exc_text(e), "restart_ms", pause)
+                    self.crashed("loop", e, pause)
                     compat.block_ms(pause)
                     compat.new_loop()
         except KeyboardInterrupt:
@@ -108,6 +108,15 @@ class Firmware:
         compat.forget_module("start")
         return jobs
 
+    def crashed(self, name, e, pause):
+        # The line may fail where the service did: a MemoryError formats no text on a full heap. The
+        # restart must not depend on it -- an exception here would end a service for good, or, from the
+        # loop, the firmware.
+        try:
+            self.ev.emit("crash", "task", name, "error", compat.exc_text(e), "restart_ms", pause)
+        except Exception:
+            pass
+
     async def keep(self, name, start, args):
         """Run start(*args) again after each exception, pausing longer while it keeps failing."""
         pause = 0
@@ -122,6 +131,10 @@ class Firmware:
                 if compat.ticks_diff(compat.ticks_ms(), t0) >= STEADY_MS:
                     pause = 0
                 pause = next_pause(pause)
-                self.ev.emit("crash", "task", name, "error", compat.exc_text(e), "restart_ms", pause)
-            # Sliced so that the watchdog sees a deliberate wait, not a hang.
-            await self.client.pause(pause)
+                self.crashed(name, e, pause)
+            if name == "client":
+                # Sliced so that the watchdog sees a deliberate wait, not a hang.
+                await self.client.pause(pause)
+            else:
+                # Not client progress: another service restarting must not hide a client that hangs.
+                await compat.sleep_ms(pause)

@@ -85,9 +85,12 @@ def prepare(config_path, board_path):
         return OK
     try:
         board = compat.load_json(board_path)
+        if not isinstance(board, dict):
+            raise ValueError("expected a JSON object at the top level")
+        held = boot_hold(board)  # a pin this board does not have raises
     except Exception as e:
         return _fail("board_error", "path=%s error=%s" % (board_path, compat.exc_text(e)))
-    if boot_hold(board):
+    if held:
         _line("autostart state=off reason=boot_hold_pin pin=%s" % board["boot_hold_pin"])
         return OK
     try:
@@ -97,9 +100,13 @@ def prepare(config_path, board_path):
     except Exception as e:  # MemoryError on a tiny heap, or anything the validator did not foresee
         return _fail("config_error", "%s: %s" % (config_path, compat.exc_text(e)))
     try:
+        net = compat.Net(board)  # the port's socket answers, from the table's "socket" section
+    except Exception as e:
+        return _fail("board_error", "path=%s key=socket error=%s" % (board_path, compat.exc_text(e)))
+    try:
         from .client import Client  # after the config is known good: less heap on a failed start
 
-        client = Client(cfg, board, compat.Net(board))  # the port's socket answers from the table
+        client = Client(cfg, board, net)
     except ValueError as e:  # an unreadable TLS CA file (tls.CaError): named like any config error
         return _fail("config_error", str(e).replace(" ", "_"))
     except MemoryError:

@@ -99,7 +99,9 @@ class _Parser:
                 self.fail("key %r given twice" % key)
             self.ws()
             if self.peek("':'") != 0x3A:
-                self.fail("':' expected after key %r" % key)
+                # Not echoed: with its key forgotten (`{"ssid": "lab", "hunter2"}`) this "key" is a value,
+                # maybe the Wi-Fi password or the auth key. Line and column say where.
+                self.fail("':' expected after a key")
             self.i += 1
             self.ws()
             out[key] = self.value(depth)

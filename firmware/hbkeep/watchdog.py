@@ -66,13 +66,21 @@ class Feeder:
 
     def park(self, board, reason):
         """The user interrupted the firmware: keep the board alive under them (wdtpark.py)."""
-        if self.wdt is not None:
+        if self.wdt is None:
+            return
+        # A second Ctrl-C (pressed twice, as people do) can land while this runs: then it parks again
+        # rather than leave the running watchdog to reset the board under the user.
+        for _ in range(3):
             try:
                 from . import wdtpark  # loaded again: a few ms, well within the watchdog's timeout
 
                 wdtpark.park(board, reason, self._say)
+                return
+            except KeyboardInterrupt:
+                pass
             except Exception as e:  # said, so that a reset that follows is explained; the REPL stays free
                 self.ev.emit("watchdog", "state", "park_failed", "error", compat.exc_text(e))
+                return
 
     def _say(self, body):
         self.ev.write("%d %s" % (self.ev.clock(), body))

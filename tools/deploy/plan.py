@@ -46,14 +46,16 @@ def load_config(path):
 
     Nothing of its content is printed, here or in any error: it may hold the Wi-Fi password."""
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:
             text = f.read()
     except OSError as e:
         raise PlanError("config %s: cannot read it (%s)" % (path, e.strerror))
     try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise PlanError("config %s: not valid JSON (%s)" % (path, e))
+        # The board's own reader, not json.loads: it refuses what the board would (a key given twice,
+        # NaN, a file too large, nesting too deep), so that no config is copied that the board then refuses.
+        data = fw_config.parse(text, path)
+    except fw_config.ConfigError as e:
+        raise PlanError("config %s" % e)  # "PATH: not valid JSON (...)"
     try:
         fw_config.Config(data)
     except fw_config.ConfigError as e:

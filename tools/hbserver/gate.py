@@ -56,7 +56,12 @@ def parse_keys(data, where="auth_keys"):
             b = auth.check_id(dev_id)
             keys[b] = auth.parse_key(hexkey)
         except ValueError as e:
-            raise ValueError("%s: device %r: %s" % (where, dev_id, e))
+            try:
+                auth.parse_key(dev_id)
+            except ValueError:  # an id, which is no secret: named
+                raise ValueError("%s: device %r: %s" % (where, dev_id, e)) from None
+            # Shaped like a key: id and key swapped, and the "id" is a secret.
+            raise ValueError("%s: a device id is a hex key (id and key swapped?): %s" % (where, e)) from None
     return keys
 
 
