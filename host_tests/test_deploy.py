@@ -122,6 +122,21 @@ def test_run_stays_attached_and_prints_the_event_lines(tmp_path):
         assert srv.stop() == 0
 
 
+def test_mpremote_right_after_a_deploy_takes_the_repl(tmp_path):
+    # A user's next command after `make deploy` is often `mpremote repl`: it must find the board booted,
+    # not still waiting out the reset (a Ctrl-C sent then is lost, and mpremote waits on a firmware that
+    # goes on printing). The firmware here retries a closed port, printing all the while.
+    config = write_config(tmp_path, {"host": "127.0.0.1", "port": 9, "retry_ms": 100, "stats_ms": 0,
+                                     "verbose": True})
+    with SimBoardProc(tmp_path / "flash") as sb:
+        for _ in range(2):  # a deploy that copies everything, then one that copies nothing
+            r = deploy("--board", "unix", "--port", sb.port, "--config", config)
+            assert r.returncode == 0, r.stderr + r.stdout
+            r = sb.mpremote("eval", "1 + 1", timeout=30)
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.strip() == "2"
+
+
 def test_a_bad_config_stops_before_the_board_is_touched(tmp_path):
     main_py = "print('untouched')\n"
     (tmp_path / "flash").mkdir()

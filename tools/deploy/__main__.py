@@ -11,8 +11,10 @@ Steps, each stopping with an error that says what to do:
   3. the package is compiled with mpy-cross for the architecture the board reports (--source copies .py);
      config.json and board.json are written from the config and boards/BOARD/board.json;
   4. only files whose SHA-256 differs from the board's copy are written (a second deploy copies nothing);
-  5. the board is reset and runs main.py; with --run this command then stays attached and prints what it
-     says (its event lines) until Ctrl-C, which detaches and leaves the board running.
+  5. the board is reset and runs main.py; this command returns once the board shows it runs again (its
+     first event line, or its prompt), so that a command run next (`mpremote repl`) finds it so; with
+     --run it stays attached instead and prints what the board says (its event lines) until Ctrl-C,
+     which detaches and leaves the board running.
 Nothing from the config is printed: it holds the Wi-Fi password.
 Exit status: 0 done; 1 a problem with the board or its port; 2 the config, or what the board's firmware
 can load; 130 interrupted (Ctrl-C) before the reset.
@@ -95,6 +97,16 @@ def deploy(args, out=say):
             board.close()
             return 0
         out("resetting the board: it runs main.py")
+        if not args.run:
+            # Back once the board runs again, so that the next command (`mpremote repl`) finds it so.
+            line = board.reset(wait_s=args.timeout)
+            board = None
+            if line is None:
+                out("note: the board printed nothing like an event line or a prompt within %g s of the reset; "
+                    "`mpremote repl` shows what it does" % args.timeout)
+            else:
+                out("the board runs again: %s" % line)
+            return 0
         board.reset()
         board = None
         if args.run:

@@ -149,10 +149,22 @@ class Board:
         except TransportError as e:
             raise DeviceError("removing %s failed: %s" % (path, _tail(e)))
 
-    def reset(self):
-        """Hard reset: the board starts again and runs main.py, as after power-on."""
+    def reset(self, wait_s=None):
+        """Hard reset: the board starts again and runs main.py, as after power-on.
+
+        With `wait_s`, return once the board shows it has started again: the first line main.py prints
+        (`<ms> <event> ...`) or the REPL's prompt, read on the same port (a native-USB port that goes away
+        is opened again). Returns that line, or None when the board said nothing of the kind in time.
+        Without the wait, a command run at once (`mpremote repl`) can send its Ctrl-C into the reset's
+        delay, where it is lost, and then wait for a prompt while the firmware goes on printing."""
         self.t.exec_raw_no_follow("import time, machine; time.sleep_ms(100); machine.reset()")
-        self.close()
+        if not wait_s:
+            self.close()
+            return None
+        ser, self.t.serial = self.t.serial, None  # kept open: what the board prints at boot is not lost
+        ser.timeout = 0.2
+        self.t = None  # no exit from the raw REPL: the board is resetting
+        return watch(self.port, lambda line: None, stop_after=wait_s, reopen_s=wait_s, until=_booted, ser=ser)
 
     def close(self):
         if self.t is None:
@@ -166,13 +178,21 @@ class Board:
         self.t = None
 
 
-def watch(port, out, stop_after=None, reopen_s=15.0):
+def _booted(text):
+    """A line (or the unfinished last one) that shows a board running again: an event line of main.py,
+    `<ms> <event>`, or the REPL's prompt (main.py stopped at once: `noboot`, a config error)."""
+    head = text.split(" ", 2)
+    return (len(head) > 1 and head[0].isdigit() and head[1][:1].isalpha()) or text.startswith(">>> ")
+
+
+def watch(port, out, stop_after=None, reopen_s=15.0, until=None, ser=None):
     """Print what the board says, line by line, until Ctrl-C (or `stop_after` seconds). A board whose USB
-    port goes away on reset (native USB) is waited for up to `reopen_s` seconds."""
+    port goes away on reset (native USB) is waited for up to `reopen_s` seconds. With `until`, stop at
+    the first line (or unfinished last line, for a prompt) it accepts and return it; None at the end of
+    `stop_after`. `ser` is a port already open."""
     import serial
 
     end = time.monotonic() + stop_after if stop_after else None
-    ser = None
     buf = b""
     gone_since = None
     try:
@@ -197,7 +217,13 @@ def watch(port, out, stop_after=None, reopen_s=15.0):
             buf += chunk
             while b"\n" in buf:
                 line, _, buf = buf.partition(b"\n")
-                out(line.rstrip(b"\r").decode("utf-8", "replace"))
+                text = line.rstrip(b"\r").decode("utf-8", "replace")
+                out(text)
+                if until is not None and until(text):
+                    return text
+            if until is not None and buf and until(buf.decode("utf-8", "replace")):
+                return buf.decode("utf-8", "replace")
+        return None
     finally:
         if ser is not None:
             ser.close()
