@@ -90,6 +90,11 @@ def test_a_bad_board_file_is_one_line(flash, capsys):
     ({"name": "x", "socket": 5}, "key=socket"),
     ({"name": "x", "socket": {"port": "linux", "pending": 5}}, "key=socket"),
     ({"name": "x", "socket": {"port": "linux", "errno_names": {"one": "EPERM"}}}, "key=socket"),
+    ({"name": "x", "wifi_refusals": [211]}, "key=wifi_refusals error=expected an object"),
+    ({"name": "x", "wifi_refusals": {"21l": "no_ap_authmode_threshold"}}, "key=wifi_refusals error=code '21l'"),
+    ({"name": "x", "wifi_refusals": {"0211": "no_ap_authmode_threshold"}}, "key=wifi_refusals error=code '0211'"),
+    ({"name": "x", "wifi_refusals": {"211": "no ap"}}, "key=wifi_refusals error=name 'no ap' of code 211"),
+    ({"name": "x", "wifi_refusals": {"211": 7}}, "key=wifi_refusals error=name 7 of code 211"),
 ])
 def test_a_board_table_of_the_wrong_shape_is_one_line(flash, capsys, table, words):
     # Valid JSON, but not a table the firmware can read: one board_error line, never a traceback, and
@@ -133,6 +138,15 @@ def test_prepare_hands_on_only_the_board_entries_read_after_start(flash):
     assert table["name"] == "unix" and table["sockopts"] == full["sockopts"]
     # What the start-up read from the dropped entries is in force all the same: the port's socket answers.
     assert client.net.pending == (7, 8)
+
+
+def test_the_esp32_table_and_its_raw_refusal_codes_are_accepted_and_kept_after_start(flash, machine):
+    root, write = flash
+    full = board("esp32")
+    write({"port": 1}, full)
+    cfg, table, client = runner.prepare("config.json", "board.json")
+    # wifi.py reads them once the client exists: the running table keeps them.
+    assert table["wifi_refusals"] == full["wifi_refusals"] and "211" in table["wifi_refusals"]
 
 
 def board_keys_read(path):

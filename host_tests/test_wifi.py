@@ -86,6 +86,52 @@ def test_a_refused_join_is_an_event_and_a_slow_growing_retry(wifi, board_name, s
     assert not any("hunter2" in x for x in lines)
 
 
+def test_a_raw_esp32_code_its_table_names_is_a_refusal_there_and_not_on_rp2(wifi):
+    # esp32's status() passes ESP-IDF's 211 (no access point within the auth-mode threshold) through
+    # unnamed; its board table names it as a refusal. The same number on rp2, whose table lists none, is
+    # just an unnamed status: rejoined every join_timeout_ms as before.
+    mod, net = wifi
+    st, lines = run_station(mod, net, "esp32", [211], 30 + 60 + 5)
+    failed = named(lines, "wifi_failed")
+    assert [x.split(" ", 2)[2] for x in failed] == [
+        "reason=no_ap_authmode_threshold ssid=lab retry_ms=%d" % ms for ms in (30000, 60000, 120000)]
+    assert len(st.wlan.connects) == 3 and st.wlan.disconnects >= 2  # its own quick retries stopped
+    assert any("wifi status=no_ap_authmode_threshold" in x for x in lines)
+    assert not any("code_211" in x for x in lines)
+
+    st, lines = run_station(mod, net, "rp2_pico_w", [211], 30 + 60 + 5)
+    assert not named(lines, "wifi_failed")
+    assert any("wifi status=code_211" in x for x in lines)
+    assert len(st.wlan.connects) == 5  # at 0, 20, 40, 60 and 80 s
+
+
+@pytest.mark.parametrize("code, name", [
+    (210, "no_ap_compatible_security"), (211, "no_ap_authmode_threshold"), (212, "no_ap_rssi_threshold")])
+def test_esp32_names_each_raw_refusal_code_in_its_events(wifi, code, name):
+    mod, net = wifi
+    st, lines = run_station(mod, net, "esp32", [net.STAT_CONNECTING, code], 5)
+    assert [x.split(" ", 2)[2] for x in named(lines, "wifi")] == ["status=connecting", "status=" + name]
+    assert [x.split(" ", 2)[2] for x in named(lines, "wifi_failed")] == ["reason=%s ssid=lab retry_ms=30000" % name]
+
+
+def test_the_raw_refusal_codes_are_the_board_tables_not_the_modules(wifi):
+    # A code is a refusal because the table lists it: another table, another code, and 211 no longer one.
+    mod, net = wifi
+    lines = []
+    cfg = Config({"wifi": {"ssid": "lab", "password": "hunter2"}})
+
+    async def main():
+        st = mod.Station(cfg, board("esp32", wifi_refusals={"950": "lab_refusal"}), Events(write=lines.append))
+        st.wlan.statuses = [211, 950]
+        task = asyncio.create_task(st.keep())
+        await asyncio.sleep(2)
+        task.cancel()
+
+    vloop.run(main())
+    assert [x.split(" ", 2)[2] for x in named(lines, "wifi")] == ["status=code_211", "status=lab_refusal"]
+    assert [x.split(" ", 2)[2] for x in named(lines, "wifi_failed")] == ["reason=lab_refusal ssid=lab retry_ms=30000"]
+
+
 def test_connect_raising_is_an_event_and_a_retry_not_the_end(wifi):
     mod, net = wifi
     err = OSError(-1, "cyw43 join failed")

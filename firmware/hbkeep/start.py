@@ -12,8 +12,8 @@ _BAD_FILE = const(2)  # exit code of a host run with a bad board or config file 
 # description, the socket section (compat.Net has copied what it needs), the boot-hold pin -- is read
 # before and dropped. host_tests/test_runner.py fails naming any key the package reads that is in
 # neither list.
-RUNNING_KEYS = ("name", "sockopts", "wifi", "wifi_pm", "wifi_rejoins", "watchdog", "wdt_max_ms", "wdt_park_ms",
-                "rtc", "led_pin", "led_active_low")
+RUNNING_KEYS = ("name", "sockopts", "wifi", "wifi_pm", "wifi_rejoins", "wifi_refusals", "watchdog", "wdt_max_ms",
+                "wdt_park_ms", "rtc", "led_pin", "led_active_low")
 START_KEYS = ("about", "mpy_arch", "boot_hold_pin", "boot_hold_level", "socket", "wdt_running_reg")
 
 
@@ -104,6 +104,10 @@ def prepare(config_path, board_path):
     except Exception as e:
         return _fail("board_error", "path=%s key=socket error=%s" % (board_path, compat.exc_text(e)))
     try:
+        check_refusals(board.get("wifi_refusals"))
+    except ValueError as e:
+        return _fail("board_error", "path=%s key=wifi_refusals error=%s" % (board_path, e))
+    try:
         from .client import Client  # after the config is known good: less heap on a failed start
 
         client = Client(cfg, board, net)
@@ -116,6 +120,25 @@ def prepare(config_path, board_path):
         return _fail("config_error", "%s: %s" % (config_path, buffer_hint(cfg)))
     board = client.board = running_table(board)
     return cfg, board, client
+
+
+def check_refusals(table):
+    """The board's "wifi_refusals", {"code": "name"}: the raw status codes that mean the network will not
+    have us (wifi.py), each with the name its events give. Checked here, once, so that the station can
+    trust it: a code is a status() number written as JSON allows an object key, a name is one event word."""
+    if table is None:
+        return
+    if not isinstance(table, dict):
+        raise ValueError("expected an object of status codes to names, got %s" % type(table).__name__)
+    for code in table:
+        if not code or code.strip("0123456789") or (code[0] == "0" and code != "0"):
+            raise ValueError("code %r is not a status number (decimal digits, no leading zero)" % code)
+        name = table[code]
+        if not isinstance(name, str) or not name or [c for c in name if c not in _NAME_CHARS]:
+            raise ValueError("name %r of code %s is not a word of a-z, 0-9 and _" % (name, code))
+
+
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
 def running_table(board):

@@ -8,7 +8,10 @@
 # within join_timeout_ms is started again whatever the status says. wlan.connect() can raise OSError on
 # rp2: that is an event and a later retry, never the end of this task. A wrong password or an unknown
 # network is an event and a slow retry (growing to wrong_retry_max_ms): hammering the access point does
-# not fix a password. The client asks up() before any DNS lookup or connect: no IP, no attempt.
+# not fix a password. So is any raw code the board table's "wifi_refusals" ({"code": "name"}) lists: esp32
+# passes some ESP-IDF reasons through unnamed (no access point with a security it can join, none within
+# its auth-mode or RSSI threshold), which would otherwise read as a slow join and be retried every
+# join_timeout_ms. The client asks up() before any DNS lookup or connect: no IP, no attempt.
 # The SSID may be printed; the password is passed to connect() and never printed.
 import network
 from . import compat
@@ -23,22 +26,26 @@ WRONG_RETRY_MAX_MS = 300000
 ERROR_RETRY_MS = 5000  # connect() raised
 
 
-def _status_name(st):
+def _status_name(st, extra):
+    # Called on a change of status only, never per poll. `extra` is the board's "wifi_refusals".
     for name in ("STAT_GOT_IP", "STAT_CONNECTING", "STAT_IDLE", "STAT_WRONG_PASSWORD", "STAT_NO_AP_FOUND",
                  "STAT_CONNECT_FAIL", "STAT_BEACON_TIMEOUT", "STAT_HANDSHAKE_TIMEOUT"):
         if st == getattr(network, name, None):
             return name[5:].lower()
-    return "code_%d" % st  # e.g. rp2's unnamed 2 ("joined, no IP") or a raw ESP-IDF reason
+    # e.g. rp2's unnamed 2 ("joined, no IP"), or a raw ESP-IDF reason the table does not name
+    return extra.get(str(st)) or "code_%d" % st
 
 
-def _refusals():
-    # The statuses that mean "this network will not have us" on this port; a port lacking a name lacks
-    # the status.
+def _refusals(extra):
+    # The statuses that mean "this network will not have us" on this port: the named ones (a port lacking
+    # a name lacks the status) and the board table's raw codes (start.py checked they are numbers).
     out = []
     for name in ("STAT_WRONG_PASSWORD", "STAT_NO_AP_FOUND"):
         st = getattr(network, name, None)
         if st is not None:
             out.append(st)
+    for code in extra:
+        out.append(int(code))
     return tuple(out)
 
 
@@ -54,7 +61,8 @@ class Station:
         self.cfg = cfg
         self.ev = events
         self.rejoins_itself = bool(board.get("wifi_rejoins"))
-        self.refusals = _refusals()
+        self.names = board.get("wifi_refusals") or {}  # the table's own dict: no copy on the heap
+        self.refusals = _refusals(self.names)
         self.wlan = network.WLAN(network.STA_IF)
         self.wlan.active(True)
         pm = board.get("wifi_pm")
@@ -110,13 +118,14 @@ class Station:
                     self.wrong_in_row = 0
                     self.ev.emit("wifi", "status", "got_ip", "ip", self.ip())
                 else:
-                    self.ev.emit("wifi", "status", _status_name(st))
+                    name = _status_name(st, self.names)
+                    self.ev.emit("wifi", "status", name)
                     if was_up:
                         since = now  # the join timeout runs from the loss (and a week-old tick would wrap)
                         wait_ms = self.join_timeout_ms
                     if st in self.refusals:
                         wait_ms = self._refused_wait()
-                        self.ev.emit("wifi_failed", "reason", _status_name(st), "ssid", self.cfg.wifi_ssid,
+                        self.ev.emit("wifi_failed", "reason", name, "ssid", self.cfg.wifi_ssid,
                                      "retry_ms", wait_ms)
                         if self.rejoins_itself:
                             self._stop_port_retries()
@@ -126,7 +135,7 @@ class Station:
                 if not self.rejoins_itself or held or not joined:
                     # rp2: any status but GOT_IP may never change by itself (even STAT_CONNECTING); esp32:
                     # only once we stopped its retries, or when connect() itself raised.
-                    self.ev.emit("wifi_rejoin", "status", _status_name(st), "waited_ms", ticks_diff(now, since))
+                    self.ev.emit("wifi_rejoin", "status", _status_name(st, self.names), "waited_ms", ticks_diff(now, since))
                     if self.rejoins_itself:
                         self._stop_port_retries()
                     joined = self.join()
