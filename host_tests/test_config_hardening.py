@@ -189,15 +189,15 @@ def test_a_secret_at_the_fault_is_not_echoed_on_any_path(runtime, tmp_path, data
 @pytest.mark.parametrize("cfg, words", [
     # Objects and lists in keys that are not secret are named by their kind: they may hold anything, a
     # misplaced "wifi" section with its password included.
-    ({"host": {"ssid": "lab", "password": "QZZQ"}}, "host: expected a non-empty string, got an object"),
-    ({"mode": ["QZZQ"]}, "mode: expected one of framed, raw, got a list"),
-    ({"beat_ms": ["QZZQ"]}, "beat_ms: expected an integer from 10 to 3600000, got a list"),
-    ({"verbose": {"password": "QZZQ"}}, "verbose: expected true or false, got an object"),
-    ({"keepalive": ["QZZQ"]}, "keepalive: expected an object {idle, intvl, cnt} or false, got a list"),
-    ({"servers": {"password": "QZZQ"}}, 'servers: expected a list of 1 to 16 "host:port" strings, got an object'),
-    ({"servers": []}, 'servers: expected a list of 1 to 16 "host:port" strings, got a list of 0'),
-    ({"servers": [["QZZQ"]]}, 'servers[0]: expected a "host:port" string, got a list'),
-    ({"tls": {"ca": ["QZZQ"]}}, "tls.ca: expected a non-empty string, got a list"),
+    ({"host": {"ssid": "lab", "password": "QZZQ"}}, "host: expected a non-empty string, got a JSON object"),
+    ({"mode": ["QZZQ"]}, "mode: expected one of framed, raw, got a JSON list"),
+    ({"beat_ms": ["QZZQ"]}, "beat_ms: expected an integer from 10 to 3600000, got a JSON list"),
+    ({"verbose": {"password": "QZZQ"}}, "verbose: expected true or false, got a JSON object"),
+    ({"keepalive": ["QZZQ"]}, "keepalive: expected an object {idle, intvl, cnt} or false, got a JSON list"),
+    ({"servers": {"password": "QZZQ"}}, 'servers: expected a list of 1 to 16 "host:port" strings, got a JSON object'),
+    ({"servers": []}, 'servers: expected a list of 1 to 16 "host:port" strings, got a JSON list of 0'),
+    ({"servers": [["QZZQ"]]}, 'servers[0]: expected a "host:port" string, got a JSON list'),
+    ({"tls": {"ca": ["QZZQ"]}}, "tls.ca: expected a non-empty string, got a JSON list"),
     ({"auth": {"id": ["QZZQ"], "key": "ab" * 16}}, "auth.id: expected a string"),
     # The secret keys' values are never shown, whatever they are.
     ({"wifi": {"ssid": "lab", "password": ["QZZQ"]}}, "wifi.password: expected a string"),

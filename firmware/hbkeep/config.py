@@ -68,9 +68,10 @@ def shown(value):
     as written, an object or a list only by its kind -- it may hold anything, a misplaced "wifi" section
     with its password included. Values of the secret keys (wifi.*, auth.key) are never shown at all."""
     if isinstance(value, dict):
-        return "an object"
+        # Not shorter: a literal of up to 10 characters is interned, and stays on the heap once config is gone.
+        return "a JSON object"
     if isinstance(value, list):
-        return "a list"
+        return "a JSON list"
     return repr(value)
 
 

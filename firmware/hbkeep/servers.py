@@ -9,7 +9,7 @@ def parse_list(lst, error):
     if not isinstance(lst, list) or not 1 <= len(lst) <= MAX_SERVERS:
         from .config import shown  # loaded: the config is being read (an error path: costs nothing otherwise)
 
-        got = "a list of %d" % len(lst) if isinstance(lst, list) else shown(lst)
+        got = "a JSON list of %d" % len(lst) if isinstance(lst, list) else shown(lst)
         raise error("servers: expected a list of 1 to %d \"host:port\" strings, got %s" % (MAX_SERVERS, got))
     return [parse_one("servers[%d]" % i, text, error) for i, text in enumerate(lst)]
 

@@ -50,13 +50,14 @@ class _Parser:
         self.n = len(b)
         self.i = 0
 
-    def fail(self, what, i=-1, then=""):
-        # At self.i unless told where (i); `then` follows the position.
+    def fail(self, what, i=-1, end=""):
+        # At self.i unless told where (i); `end` (a hint) follows the position. Named `end`, a name the
+        # runtime holds already: a new argument name would stay on the heap after this module is gone.
         if i < 0:
             i = self.i
         line = self.b.count(b"\n", 0, i) + 1
         col = i - (self.b.rfind(b"\n", 0, i) + 1) + 1
-        raise JSONError("%s at line %d column %d%s" % (what, line, col, then))
+        raise JSONError("%s at line %d column %d%s" % (what, line, col, end))
 
     def ws(self):
         b = self.b
