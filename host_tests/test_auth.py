@@ -171,3 +171,23 @@ def test_keys_file_errors_name_the_device_not_the_key(tmp_path):
     assert "0123456789abcdef" not in str(e.value)
     path.write_text(json.dumps({"dev-1": KEY.hex()}))
     assert load_keys(str(path)) == {b"dev-1": KEY}
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b'{"dev-1": "0011QZ\xe9\xff"}', "not UTF-8 text (at line 1 column 18)"),  # a stray byte inside a key
+    (b'{"dev-1":\n QZ0011}', "not valid JSON (Expecting value: line 2 column 2"),  # left unquoted
+    (b'{"dev-1": "0011QZ\tQZ"}', "not valid JSON (Invalid control character at: line 1 column 18"),
+    (b'{"dev-1": "0011QZ\\qQZ"}', "not valid JSON (Invalid \\escape: line 1 column 18"),
+    (b'{"dev-1": "0011QZ', "not valid JSON (Unterminated string starting at: line 1 column 11"),
+])
+def test_keys_file_syntax_errors_say_where_not_what(tmp_path, raw, words):
+    # The server's --auth-keys file: like the device's config, a fault inside a key is named by its place.
+    from tools.hbserver.gate import load_keys
+
+    path = tmp_path / "keys.json"
+    path.write_bytes(raw)
+    with pytest.raises(ValueError) as e:
+        load_keys(str(path))
+    text = str(e.value).replace(str(path), "")
+    assert words in text, text
+    assert "Q" not in text and "Z" not in text and "0x" not in text and "\\x" not in text, text

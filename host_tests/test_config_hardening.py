@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from tools.eventlines import parse_line
-from firmware.hbkeep.config import MAX_FILE_BYTES, ConfigError, parse
+from firmware.hbkeep.config import MAX_FILE_BYTES, Config, ConfigError, parse
 from firmware.hbkeep import strictjson
 from tools import hostrun
 
@@ -30,13 +30,13 @@ BAD = [
     (b'{"x": [1, 2,]}', "trailing comma"),
     (b'{"beat_ms" 100}', "':' expected"),
     (b'{"beat_ms": 0100}', "leading zero"),
-    (b'{"beat_ms": NaN}', "unexpected character 'N'"),
-    (b'{"beat_ms": Infinity}', "unexpected character 'I'"),
+    (b'{"beat_ms": NaN}', "a value expected at line 1 column 13 ("),
+    (b'{"beat_ms": Infinity}', "a value expected at line 1 column 13 ("),
     (b'{"host": "a"} x', "extra data"),
     (b"[" * 4000 + b"]" * 4000, "nested deeper than 8 levels"),
     (b"{\"a\":" * 1200 + b"1" + b"}" * 1200, "nested deeper than 8 levels"),  # objects,
     (b'{"host": "\xff\xfe"}', "not UTF-8"),
-    (b"\xef\xbb\xbf{}", "unexpected byte 0xef"),  # a UTF-8 BOM: CPython's json refuses it too
+    (b"\xef\xbb\xbf{}", "byte order mark (BOM)"),  # a UTF-8 BOM: CPython's json refuses it too
     (b"", "empty document"),
     (b'{"beat_ms": 100, "beat_ms": 200}', "given twice"),
     (b'{"host": "x' + b"y" * (MAX_FILE_BYTES + 10) + b'"}', "too large"),
@@ -156,6 +156,60 @@ def test_a_value_where_a_key_belongs_is_not_echoed(data, secret):
     with pytest.raises(ConfigError) as e:
         parse(data, "c.json")
     assert "':' expected after a key at line 1" in str(e.value) and secret not in str(e.value), str(e.value)
+
+
+# A secret written with the letters Q and Z only, where the file goes wrong: the error says where and
+# what on every path, and holds no character of the secret (nor its code, nor a fragment).
+SECRET_AT_FAULT = [
+    (b'{\n "wifi": {"ssid": "lab", "password": QZZQ}}', "a value expected at line 2 column 38 ("),  # unquoted
+    (b'{\n "wifi": {"ssid": "lab", "password": "QZ\\qZQ"}}', "invalid escape at line 2 column 41 ("),
+    (b'{\n "wifi": {"ssid": "lab", "password": "QZZQ', "document ends inside the string that starts at line 2 column 38"),
+    (b'{\n "wifi": {"ssid": "lab", "password": "QZ\tZQ"}}', "control character inside the string that starts at line 2 column 38"),
+    (b'{\n "wifi": {"ssid": "lab", "password": 12QZ}}', "',' or '}' expected at line 2 column 40"),  # number-looking
+    (b'{\n "auth": {"id": "d1", "key": "QZ\\ud801"}}', "lone surrogate in a \\u escape at line 2 column 33 ("),
+]
+
+
+@pytest.mark.parametrize("data, words", SECRET_AT_FAULT, ids=[w.split(" at ")[0] for _, w in SECRET_AT_FAULT])
+def test_a_secret_at_the_fault_is_not_echoed_on_any_path(runtime, tmp_path, data, words):
+    from tools.deploy import plan
+
+    r, path = run_main(runtime, data, tmp_path)
+    out = r.stdout.decode("utf-8", "replace")
+    h = run_hostrun(runtime, path)
+    err = h.stderr.decode("utf-8", "replace")
+    with pytest.raises(plan.PlanError) as e:
+        plan.load_config(path)
+    for text in (out, err, str(e.value)):
+        assert "not valid JSON (" + words in text, (text, words)
+        said = text.replace(path, "")  # the path is named; it is the test's own
+        assert "Q" not in said and "Z" not in said and "0x" not in said, said
+
+
+@pytest.mark.parametrize("cfg, words", [
+    # Objects and lists in keys that are not secret are named by their kind: they may hold anything, a
+    # misplaced "wifi" section with its password included.
+    ({"host": {"ssid": "lab", "password": "QZZQ"}}, "host: expected a non-empty string, got a JSON object"),
+    ({"mode": ["QZZQ"]}, "mode: expected one of framed, raw, got a JSON list"),
+    ({"beat_ms": ["QZZQ"]}, "beat_ms: expected an integer from 10 to 3600000, got a JSON list"),
+    ({"verbose": {"password": "QZZQ"}}, "verbose: expected true or false, got a JSON object"),
+    ({"keepalive": ["QZZQ"]}, "keepalive: expected an object {idle, intvl, cnt} or false, got a JSON list"),
+    ({"servers": {"password": "QZZQ"}}, 'servers: expected a list of 1 to 16 "host:port" strings, got a JSON object'),
+    ({"servers": []}, 'servers: expected a list of 1 to 16 "host:port" strings, got a JSON list of 0'),
+    ({"servers": [["QZZQ"]]}, 'servers[0]: expected a "host:port" string, got a JSON list'),
+    ({"tls": {"ca": ["QZZQ"]}}, "tls.ca: expected a non-empty string, got a JSON list"),
+    ({"auth": {"id": ["QZZQ"], "key": "ab" * 16}}, "auth.id: expected a string"),
+    # The secret keys' values are never shown, whatever they are.
+    ({"wifi": {"ssid": "lab", "password": ["QZZQ"]}}, "wifi.password: expected a string"),
+    ({"auth": {"id": "d1", "key": "QZ" * 16}}, "auth.key: expected hex digits only"),
+    ({"auth": {"id": "d1", "key": "QZQ"}}, "auth.key: expected an even number of hex digits"),
+    ({"auth": {"id": "d1", "key": {"k": "QZ"}}}, "auth.key: expected a string of hex digits"),
+])
+def test_bad_values_name_their_kind_not_their_content(cfg, words):
+    with pytest.raises(ConfigError) as e:
+        Config(cfg)
+    text = str(e.value)
+    assert text.startswith(words) and "Q" not in text and "Z" not in text, text
 
 
 @settings(max_examples=300, deadline=None)

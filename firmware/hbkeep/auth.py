@@ -84,7 +84,7 @@ def server_proof(key, dnonce, snonce, dev_id):
 def check_id(dev_id):
     """The id as bytes; ValueError naming what is wrong (ids are not secret)."""
     if not isinstance(dev_id, str):
-        raise ValueError("id: expected a string, got %r" % (dev_id,))
+        raise ValueError("id: expected a string")  # not shown: an object or a list may hold the key
     b = dev_id.encode()
     if not 1 <= len(b) <= ID_MAX:
         raise ValueError("id: expected 1 to %d bytes of UTF-8, got %d" % (ID_MAX, len(b)))

@@ -63,23 +63,35 @@ class ConfigError(ValueError):
     pass
 
 
+def shown(value):
+    """How an error names a bad value of a key that is not secret: a number, true/false/null or a string
+    as written, an object or a list only by its kind -- it may hold anything, a misplaced "wifi" section
+    with its password included. Values of the secret keys (wifi.*, auth.key) are never shown at all."""
+    if isinstance(value, dict):
+        # Not shorter: a literal of up to 10 characters is interned, and stays on the heap once config is gone.
+        return "a JSON object"
+    if isinstance(value, list):
+        return "a JSON list"
+    return repr(value)
+
+
 def _check(name, spec, value):
     kind = spec[0]
     if kind == _INT:
         # bool is an int subclass on both runtimes; `true` for a number is a mistake, not 1.
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError("%s: expected an integer from %d to %d, got %r" % (name, spec[2], spec[3], value))
+            raise ConfigError("%s: expected an integer from %d to %d, got %s" % (name, spec[2], spec[3], shown(value)))
         if value < spec[2] or value > spec[3]:
             raise ConfigError("%s: expected an integer from %d to %d, got %d" % (name, spec[2], spec[3], value))
     elif kind == _BOOL:
         if not isinstance(value, bool):
-            raise ConfigError("%s: expected true or false, got %r" % (name, value))
+            raise ConfigError("%s: expected true or false, got %s" % (name, shown(value)))
     elif kind == _STR:
         if not isinstance(value, str) or not value:
-            raise ConfigError("%s: expected a non-empty string, got %r" % (name, value))
+            raise ConfigError("%s: expected a non-empty string, got %s" % (name, shown(value)))
     else:
         if value not in spec[2]:
-            raise ConfigError("%s: expected one of %s, got %r" % (name, ", ".join(spec[2]), value))
+            raise ConfigError("%s: expected one of %s, got %s" % (name, ", ".join(spec[2]), shown(value)))
     return value
 
 
@@ -174,7 +186,7 @@ class Config:
         if ka is False or ka is None:
             ka = {}
         elif not isinstance(ka, dict):
-            raise ConfigError("keepalive: expected an object {idle, intvl, cnt} or false, got %r" % (ka,))
+            raise ConfigError("keepalive: expected an object {idle, intvl, cnt} or false, got %s" % shown(ka))
         for name in ka:
             if name not in KEEPALIVE_SPEC:
                 raise ConfigError("keepalive.%s: unknown key (known: cnt, idle, intvl)" % name)

@@ -7,14 +7,19 @@ MAX_SERVERS = 16
 def parse_list(lst, error):
     """[ "host:port", ... ] -> [(host, port), ...]; raises error(text) naming the bad entry."""
     if not isinstance(lst, list) or not 1 <= len(lst) <= MAX_SERVERS:
-        raise error("servers: expected a list of 1 to %d \"host:port\" strings, got %r" % (MAX_SERVERS, lst))
+        from .config import shown  # loaded: the config is being read (an error path: costs nothing otherwise)
+
+        got = "a JSON list of %d" % len(lst) if isinstance(lst, list) else shown(lst)
+        raise error("servers: expected a list of 1 to %d \"host:port\" strings, got %s" % (MAX_SERVERS, got))
     return [parse_one("servers[%d]" % i, text, error) for i, text in enumerate(lst)]
 
 
 def parse_one(name, text, error):
     """ "host:port" (an IPv6 host in brackets: "[::1]:39002") -> (host, port)."""
     if not isinstance(text, str):
-        raise error("%s: expected a \"host:port\" string, got %r" % (name, text))
+        from .config import shown
+
+        raise error("%s: expected a \"host:port\" string, got %s" % (name, shown(text)))
     i = text.rfind(":")
     host = text[:i] if i > 0 else ""
     if host.startswith("[") and host.endswith("]"):

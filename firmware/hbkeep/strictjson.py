@@ -6,6 +6,10 @@
 # MicroPython). A config that starts on the board but is refused by tools.hostrun, or the other way
 # round, is a trap; so both paths parse with this one reader. It works on bytes (indexing a non-ASCII
 # str is O(n) on MicroPython), limits nesting, and reports line and column of the first fault.
+#
+# Errors name where and what, never what the file holds there: the reader cannot tell which value is the
+# Wi-Fi password or the auth key, so no character of a value (nor its code, nor which control character
+# it is) is ever repeated. Keys are named: they are not secret.
 
 from .compat import const
 
@@ -28,6 +32,8 @@ def loads(data):
     except UnicodeError:
         raise JSONError("not UTF-8 text")
     p = _Parser(data)
+    if data[:3] == b"\xef\xbb\xbf":  # what some editors put first; CPython's json refuses it too
+        p.fail("a byte order mark (BOM)", 0, ": save the file as UTF-8 without one")
     p.ws()
     if p.i >= p.n:
         p.fail("empty document")
@@ -44,10 +50,14 @@ class _Parser:
         self.n = len(b)
         self.i = 0
 
-    def fail(self, what):
-        line = self.b.count(b"\n", 0, self.i) + 1
-        col = self.i - (self.b.rfind(b"\n", 0, self.i) + 1) + 1
-        raise JSONError("%s at line %d column %d" % (what, line, col))
+    def fail(self, what, i=-1, end=""):
+        # At self.i unless told where (i); `end` (a hint) follows the position. Named `end`, a name the
+        # runtime holds already: a new argument name would stay on the heap after this module is gone.
+        if i < 0:
+            i = self.i
+        line = self.b.count(b"\n", 0, i) + 1
+        col = i - (self.b.rfind(b"\n", 0, i) + 1) + 1
+        raise JSONError("%s at line %d column %d%s" % (what, line, col, end))
 
     def ws(self):
         b = self.b
@@ -76,9 +86,8 @@ class _Parser:
             if self.b[self.i : self.i + len(word)] == word:
                 self.i += len(word)
                 return v
-        if c < 0x20 or c > 0x7E:
-            self.fail("unexpected byte 0x%02x" % c)
-        self.fail("unexpected character %r" % chr(c))
+        # Not the character found: it may be the first of an unquoted password.
+        self.fail("a value expected", -1, " (a string in double quotes, a number, true, false, null, {...} or [...])")
 
     def obj(self, depth):
         if depth > MAX_DEPTH:
@@ -94,14 +103,15 @@ class _Parser:
             c = self.peek("a key")
             if c != 0x22:
                 self.fail("trailing comma" if c == 0x7D else "a key in double quotes expected")
+            k0 = self.i
             key = self.string()
-            if key in out:
-                self.fail("key %r given twice" % key)
             self.ws()
             if self.peek("':'") != 0x3A:
                 # Not echoed: with its key forgotten (`{"ssid": "lab", "hunter2"}`) this "key" is a value,
                 # maybe the Wi-Fi password or the auth key. Line and column say where.
                 self.fail("':' expected after a key")
+            if key in out:  # only now known to be a key, and so fit to be named
+                self.fail("key %r given twice" % key, k0)
             self.i += 1
             self.ws()
             out[key] = self.value(depth)
@@ -140,19 +150,24 @@ class _Parser:
     def string(self):
         b = self.b
         n = self.n
+        s0 = self.i  # an unclosed string is named where it starts: there its closing quote is missing
         self.i += 1
         parts = []
         start = self.i
         while True:
             if self.i >= n:
-                self.fail("document ends inside a string (is the file complete?)")
+                self.fail("document ends inside the string that starts", s0,
+                          " (its closing quote missing, or the file cut short?)")
             c = b[self.i]
             if c == 0x22:
                 parts.append(b[start : self.i].decode())
                 self.i += 1
                 return "".join(parts)
             if c < 0x20:
-                self.fail("control character 0x%02x inside a string" % c)
+                # Which one is not said (a tab or a line break may be part of the password), nor where in
+                # the string.
+                self.fail("control character inside the string that starts", s0,
+                          " (its closing quote missing? a tab or line break in a string is written \\t or \\n)")
             if c != 0x5C:
                 self.i += 1
                 continue
@@ -160,21 +175,23 @@ class _Parser:
             self.i += 1
             e = self.peek("an escape")
             if e == 0x75:  # \uXXXX, with UTF-16 surrogate pairs
+                u0 = self.i - 1
                 cp = self.hex4()
                 if 0xD800 <= cp < 0xDC00 and b[self.i : self.i + 2] == b"\\u":
                     self.i += 1
                     lo = self.hex4()
                     if not 0xDC00 <= lo < 0xE000:
-                        self.fail("invalid surrogate pair")
+                        self.fail("invalid surrogate pair", u0)
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
-                if 0xD800 <= cp < 0xE000:
-                    self.fail("lone surrogate \\u%04x" % cp)
+                if 0xD800 <= cp < 0xE000:  # its digits are not repeated: they are part of the value
+                    self.fail("lone surrogate in a \\u escape", u0, " (half of a UTF-16 pair)")
                 parts.append(chr(cp))
             elif e in _ESCAPES:
                 parts.append(_ESCAPES[e])
                 self.i += 1
             else:
-                self.fail("invalid escape")
+                self.fail("invalid escape", self.i - 1, " (after a backslash: \" \\ / b f n r t or u and 4 hex digits; "
+                          "a backslash itself is written \\\\)")
             start = self.i
 
     def hex4(self):

@@ -38,12 +38,21 @@ def load_keys(path):
     """The --auth-keys file: a JSON object id -> hex key. Returns {id bytes: key bytes}; ValueError
     naming the file and the id (never the key) otherwise."""
     try:
-        with open(path) as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as e:
         raise ValueError("--auth-keys %s: cannot read (%s)" % (path, e.strerror or e))
-    except ValueError as e:
-        raise ValueError("--auth-keys %s: not valid JSON (%s)" % (path, e))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        # Not e's own text: it repeats the offending byte, which may be part of a key. Where, instead.
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ValueError("--auth-keys %s: not UTF-8 text (at line %d column %d)" % (path, line, col)) from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:  # what was expected and where (CPython's C scanner, which json uses), never the text
+        raise ValueError("--auth-keys %s: not valid JSON (%s)" % (path, e)) from None
     return parse_keys(data, "--auth-keys %s" % path)
 
 
