@@ -130,15 +130,14 @@ def check_refusals(table):
         return
     if not isinstance(table, dict):
         raise ValueError("expected an object of status codes to names, got %s" % type(table).__name__)
+    word = "abcdefghijklmnopqrstuvwxyz0123456789_"  # a name's characters; word[26:36], a code's (literals
+    # of up to 10 characters would be interned, and stay on the heap of a board that loads .mpy files)
     for code in table:
-        if not code or code.strip("0123456789") or (code[0] == "0" and code != "0"):
+        if not code or [c for c in code if c not in word[26:36]] or (code[0] == "0" and code != "0"):
             raise ValueError("code %r is not a status number (decimal digits, no leading zero)" % code)
         name = table[code]
-        if not isinstance(name, str) or not name or [c for c in name if c not in _NAME_CHARS]:
+        if not isinstance(name, str) or not name or [c for c in name if c not in word]:
             raise ValueError("name %r of code %s is not a word of a-z, 0-9 and _" % (name, code))
-
-
-_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"
 
 
 def running_table(board):
