@@ -67,13 +67,20 @@ def test_override_that_is_not_there_is_an_error(tmp_path, monkeypatch):
     assert "MICROPYTHON=" in out.stderr and out.stdout == ""
 
 
-def test_nothing_here_is_a_clear_error(tmp_path, monkeypatch):
+def _nothing_on_path(tmp_path, monkeypatch):
+    """No MICROPYTHON=, no binary on PATH nor beside this Python, nothing resolved before; returns the
+    empty directory standing for those places."""
     monkeypatch.delenv("MICROPYTHON", raising=False)
     monkeypatch.setattr(mpbin, "_resolved", {})
     empty = tmp_path / "bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     monkeypatch.setenv("MPBIN_SCRIPTS_DIR", str(empty))
+    return empty
+
+
+def test_nothing_here_is_a_clear_error(tmp_path, monkeypatch):
+    _nothing_on_path(tmp_path, monkeypatch)
     with pytest.raises(mpbin.MpbinError, match="no MicroPython here.*" + mpbin.WHEEL):
         mpbin.micropython_argv()
 
@@ -81,12 +88,7 @@ def test_nothing_here_is_a_clear_error(tmp_path, monkeypatch):
 def test_another_python_than_the_repos_is_told_which_one_to_use(tmp_path, monkeypatch):
     """`python3 -m tools.simboard` after `make setup`: the wheel is in .venv, not beside this Python; the
     error names the .venv's Python rather than sending the user to run `make setup` again."""
-    monkeypatch.delenv("MICROPYTHON", raising=False)
-    monkeypatch.setattr(mpbin, "_resolved", {})
-    empty = tmp_path / "bin"
-    empty.mkdir()
-    monkeypatch.setenv("PATH", str(empty))
-    monkeypatch.setenv("MPBIN_SCRIPTS_DIR", str(empty))
+    empty = _nothing_on_path(tmp_path, monkeypatch)
     venv_bin = tmp_path / "venv" / "bin"
     fake_micropython(venv_bin)
     monkeypatch.setattr(mpbin, "VENV_BIN", str(venv_bin))

@@ -203,13 +203,19 @@ def run_services(rig, seconds):
     vloop.run(main())
 
 
-def test_a_failing_service_restarts_with_a_pause_that_grows_and_the_rest_runs_on():
+def failing_app(error):
+    """An application that raises `error` at once, every time it is started; returns (app, start ticks)."""
     starts = []
 
     async def app(client):
         starts.append(compat.ticks_ms())
-        raise RuntimeError("sensor unplugged")
+        raise error
 
+    return app, starts
+
+
+def test_a_failing_service_restarts_with_a_pause_that_grows_and_the_rest_runs_on():
+    app, starts = failing_app(RuntimeError("sensor unplugged"))
     rig = Rig(board("unix"), [FakeConn()], app=app)
     run_services(rig, 200)
     gaps = [b - a for a, b in zip(starts, starts[1:])]
@@ -221,6 +227,15 @@ def test_a_failing_service_restarts_with_a_pause_that_grows_and_the_rest_runs_on
     # The link was not touched (the one disconnect is the test stopping everything).
     assert rig.events("connected") and [e[1]["reason"] for e in rig.events("disconnected")] == ["stop"]
 
+
+
+def loop_runs_with(monkeypatch, run, paused):
+    """The firmware's loop run by `run(coro)` in place of compat.run, its pauses recorded in `paused`
+    instead of blocking, and no signal handlers or interrupt switches touched in the test process."""
+    monkeypatch.setattr(compat, "run", run)
+    monkeypatch.setattr(compat, "block_ms", paused.append)
+    monkeypatch.setattr(compat, "on_terminate", lambda: None)
+    monkeypatch.setattr(compat, "ignore_interrupts", lambda: None)
 
 def test_a_crash_of_the_loop_itself_is_an_event_and_the_same_services_start_again(monkeypatch):
     # Services are set up once (start.py, then forgotten): a new loop after a crash of the loop itself
@@ -246,10 +261,7 @@ def test_a_crash_of_the_loop_itself_is_an_event_and_the_same_services_start_agai
             raise RuntimeError("the loop broke")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(compat, "run", run)
-    monkeypatch.setattr(compat, "block_ms", paused.append)
-    monkeypatch.setattr(compat, "on_terminate", lambda: None)  # no signal handlers in the test process
-    monkeypatch.setattr(compat, "ignore_interrupts", lambda: None)
+    loop_runs_with(monkeypatch, run, paused)
     assert rig.fw.run() == runner.OK
     assert rig.events("crash")[0][1] == {"task": "loop", "error": "RuntimeError:_the_loop_broke", "restart_ms": "1000"}
     assert paused == [1000]
@@ -269,12 +281,7 @@ def crash_lines_fail(rig):
 
 
 def test_a_crash_that_cannot_be_reported_still_restarts_the_service():
-    starts = []
-
-    async def app(client):
-        starts.append(compat.ticks_ms())
-        raise MemoryError("memory allocation failed")
-
+    app, starts = failing_app(MemoryError("memory allocation failed"))
     rig = Rig(board("unix"), [FakeConn()], app=app)
     crash_lines_fail(rig)
     run_services(rig, 20)
@@ -294,10 +301,7 @@ def test_a_crash_of_the_loop_that_cannot_be_reported_does_not_end_the_firmware(m
             raise MemoryError("memory allocation failed")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(compat, "run", run)
-    monkeypatch.setattr(compat, "block_ms", paused.append)
-    monkeypatch.setattr(compat, "on_terminate", lambda: None)  # no signal handlers in the test process
-    monkeypatch.setattr(compat, "ignore_interrupts", lambda: None)
+    loop_runs_with(monkeypatch, run, paused)
     assert rig.fw.run() == runner.OK
     assert paused == [1000, 2000] and len(runs) == 3
     assert [e[1]["reason"] for e in rig.events("stopped")] == ["interrupt"]

@@ -82,10 +82,9 @@ def test_fed_while_connected_and_while_retrying(machine):
     assert rig.events("connect_failed"), "the run never reached the backoff phase"
 
 
-def test_not_fed_when_a_client_task_hangs(machine, monkeypatch):
-    conn = FakeConn()
-    rig = Rig(board("rp2_pico_w", wifi=False), [conn], wdt_ms=2000, connect_timeout_ms=1000)
-
+def run_with_a_hung_client(rig, monkeypatch, seconds=30):
+    """Run the rig `seconds` with a client whose supervisor never comes back once connected; returns
+    [the tick at which it connected, and so hung]."""
     async def hang(sock):
         await asyncio.get_running_loop().create_future()  # a supervisor that never comes back
 
@@ -96,7 +95,13 @@ def test_not_fed_when_a_client_task_hangs(machine, monkeypatch):
         await rig.client.wait_connected()
         hung_at.append(compat.ticks_ms())
 
-    run_for(rig, 30, mark)
+    run_for(rig, seconds, mark)
+    return hung_at
+
+
+def test_not_fed_when_a_client_task_hangs(machine, monkeypatch):
+    rig = Rig(board("rp2_pico_w", wifi=False), [FakeConn()], wdt_ms=2000, connect_timeout_ms=1000)
+    hung_at = run_with_a_hung_client(rig, monkeypatch)
     wdt = machine.WDT.current
     last = wdt.feeds[-1]
     quiet_max = 1000 + 500  # connect_timeout_ms + one feeding period
@@ -117,18 +122,7 @@ def test_a_hung_client_is_not_hidden_by_another_service_restarting(machine, monk
         raise RuntimeError("sensor unplugged")
 
     rig.fw.app = app
-
-    async def hang(sock):
-        await asyncio.get_running_loop().create_future()
-
-    monkeypatch.setattr(rig.client, "_supervise", hang)
-    hung_at = []
-
-    async def mark(rig):
-        await rig.client.wait_connected()
-        hung_at.append(compat.ticks_ms())
-
-    run_for(rig, 30, mark)
+    hung_at = run_with_a_hung_client(rig, monkeypatch)
     wdt = machine.WDT.current
     assert len(starts) >= 4, "the application was not restarting"
     assert wdt.feeds[-1] - hung_at[0] <= 1000 + 500, "fed on after the client hung"  # connect_timeout_ms + a period
