@@ -228,7 +228,6 @@ def test_a_failing_service_restarts_with_a_pause_that_grows_and_the_rest_runs_on
     assert rig.events("connected") and [e[1]["reason"] for e in rig.events("disconnected")] == ["stop"]
 
 
-
 def loop_runs_with(monkeypatch, run, paused):
     """The firmware's loop run by `run(coro)` in place of compat.run, its pauses recorded in `paused`
     instead of blocking, and no signal handlers or interrupt switches touched in the test process."""
@@ -236,6 +235,7 @@ def loop_runs_with(monkeypatch, run, paused):
     monkeypatch.setattr(compat, "block_ms", paused.append)
     monkeypatch.setattr(compat, "on_terminate", lambda: None)
     monkeypatch.setattr(compat, "ignore_interrupts", lambda: None)
+
 
 def test_a_crash_of_the_loop_itself_is_an_event_and_the_same_services_start_again(monkeypatch):
     # Services are set up once (start.py, then forgotten): a new loop after a crash of the loop itself
